@@ -1,0 +1,465 @@
+"""Model tests: parity (cache vs none, eager vs SDPA, saved vs loaded, padded vs alone, ours vs GPT-2)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    DynamicCache,
+    GPT2Config,
+    GPT2LMHeadModel,
+    pipeline,
+)
+
+from llm_memory import (
+    MemoryTransformerConfig,
+    MemoryTransformerForCausalLM,
+    MemoryTransformerForSequenceClassification,
+    MemoryTransformerModel,
+)
+
+POSITION_TYPES = ("learned", "sinusoidal", "rope")
+
+
+def tiny_config(**overrides) -> MemoryTransformerConfig:
+    values = dict(
+        vocab_size=97,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    values.update(overrides)
+    return MemoryTransformerConfig(**values)
+
+
+def tiny_lm(seed=0, **overrides) -> MemoryTransformerForCausalLM:
+    torch.manual_seed(seed)
+    return MemoryTransformerForCausalLM(tiny_config(**overrides)).eval()
+
+
+def random_ids(batch, length, seed=1, low=5, high=97):
+    return torch.randint(low, high, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("use_lstm", [False, True])
+@pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
+def test_incremental_decoding_equals_full_forward(use_lstm, position_embedding_type):
+    model = tiny_lm(use_lstm=use_lstm, position_embedding_type=position_embedding_type)
+    ids = random_ids(2, 12)
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        cache = DynamicCache(config=model.config)
+        first = model(ids[:, :5], past_key_values=cache, use_cache=True).logits
+        steps = [model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(5, 12)]
+    torch.testing.assert_close(torch.cat([first, *steps], dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_lstm", [False, True])
+@pytest.mark.parametrize(
+    "generation",
+    [
+        dict(do_sample=False),
+        dict(do_sample=True, top_k=20, top_p=0.9, temperature=0.8),
+        dict(do_sample=False, num_beams=3, num_return_sequences=2),
+    ],
+    ids=["greedy", "sampling", "beam"],
+)
+def test_generate_same_with_and_without_cache(use_lstm, generation):
+    model = tiny_lm(use_lstm=use_lstm)
+    prompt = random_ids(2, 6)
+    outputs = []
+    for use_cache in (True, False):
+        torch.manual_seed(123)
+        outputs.append(
+            model.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=12,
+                min_new_tokens=12,
+                use_cache=use_cache,
+                pad_token_id=0,
+                **generation,
+            )
+        )
+    assert outputs[0].shape[1] == prompt.shape[1] + 12
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_beam_search_reorders_lstm_state():
+    """Beams that swap places must take their LSTM state with them: cached beams equal uncached ones."""
+    model = tiny_lm(use_lstm=True, seed=3)
+    prompt = random_ids(1, 5, seed=4)
+    kwargs = dict(max_new_tokens=10, min_new_tokens=10, num_beams=4, num_return_sequences=4, pad_token_id=0)
+    with_cache = model.generate(
+        prompt, use_cache=True, output_scores=True, return_dict_in_generate=True, **kwargs
+    )
+    without = model.generate(
+        prompt, use_cache=False, output_scores=True, return_dict_in_generate=True, **kwargs
+    )
+    assert torch.equal(with_cache.sequences, without.sequences)
+    torch.testing.assert_close(with_cache.sequences_scores, without.sequences_scores)
+
+
+@pytest.mark.parametrize("use_lstm", [False, True])
+def test_eager_and_sdpa_logits_equal(use_lstm):
+    model = tiny_lm(use_lstm=use_lstm)
+    ids = random_ids(3, 16)
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    with torch.no_grad():
+        model.set_attn_implementation("sdpa")
+        sdpa = model(ids, attention_mask=mask).logits
+        model.set_attn_implementation("eager")
+        eager = model(ids, attention_mask=mask).logits
+    real = mask.bool()
+    torch.testing.assert_close(sdpa[real], eager[real], atol=1e-5, rtol=1e-5)
+
+
+def test_output_attentions_on_every_backend():
+    model = tiny_lm()
+    ids = random_ids(2, 9)
+    with torch.no_grad():
+        model.set_attn_implementation("eager")
+        eager = model(ids, output_attentions=True, output_hidden_states=True)
+        model.set_attn_implementation("sdpa")
+        sdpa = model(ids, output_attentions=True, output_hidden_states=True)
+    assert model.config._attn_implementation == "sdpa"
+    assert len(sdpa.attentions) == model.config.num_hidden_layers
+    for eager_weights, sdpa_weights in zip(eager.attentions, sdpa.attentions, strict=True):
+        assert sdpa_weights.shape == (2, 4, 9, 9)
+        torch.testing.assert_close(sdpa_weights, eager_weights)
+        torch.testing.assert_close(sdpa_weights.sum(-1), torch.ones(2, 4, 9))
+        assert torch.all(sdpa_weights.triu(diagonal=1) == 0)  # causal
+    assert len(sdpa.hidden_states) == model.config.num_hidden_layers + 1
+    torch.testing.assert_close(sdpa.logits, eager.logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
+def test_padded_batch_equals_each_sequence_alone(padding_side, position_embedding_type):
+    model = tiny_lm(use_lstm=True, position_embedding_type=position_embedding_type)
+    lengths = [11, 6, 3]
+    sequences = [random_ids(1, n, seed=n)[0] for n in lengths]
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if padding_side == "left" else slice(0, len(seq))
+        ids[row, span], mask[row, span] = seq, 1
+    with torch.no_grad():
+        batched = model(ids, attention_mask=mask).logits
+        for row, seq in enumerate(sequences):
+            alone = model(seq[None]).logits[0]
+            torch.testing.assert_close(batched[row][mask[row].bool()], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_left_padded_batch_generation_equals_each_prompt_alone():
+    model = tiny_lm(use_lstm=True)
+    prompts = [random_ids(1, 8, seed=8)[0], random_ids(1, 3, seed=3)[0]]
+    ids = torch.zeros(2, 8, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, 8 - len(p) :], mask[row, 8 - len(p) :] = p, 1
+    kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    batched = model.generate(ids, attention_mask=mask, **kwargs)
+    for row, p in enumerate(prompts):
+        alone = model.generate(p[None], attention_mask=torch.ones(1, len(p), dtype=torch.long), **kwargs)
+        assert torch.equal(batched[row, 8:], alone[0, len(p) :])
+
+
+def test_long_text_scored_window_by_window_with_carried_state_equals_one_call():
+    """Carrying the cache chunk by chunk (keys, values and LSTM state) equals one forward pass."""
+    model = tiny_lm(use_lstm=True)
+    ids = random_ids(2, 40)
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = DynamicCache(config=model.config)
+        chunks = [
+            model(ids[:, i : i + 16], past_key_values=cache, use_cache=True).logits for i in (0, 16, 32)
+        ]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_without_lstm_slot_is_refused():
+    model = tiny_lm(use_lstm=True)
+    with pytest.raises(ValueError, match="DynamicCache\\(config=model.config\\)"):
+        model(random_ids(1, 4), past_key_values=DynamicCache(), use_cache=True)
+
+
+def test_too_long_input_for_learned_positions_is_refused():
+    model = tiny_lm(position_embedding_type="learned")
+    with pytest.raises(ValueError, match="max_position_embeddings=64"):
+        model(random_ids(1, 65))
+
+
+def test_matches_gpt2_with_the_same_weights():
+    """With learned positions, no LSTM and gelu_new, the math is GPT-2's: same logits, same greedy tokens."""
+    config = tiny_config(use_lstm=False)
+    ours = MemoryTransformerForCausalLM(config).eval()
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=config.vocab_size,
+            n_embd=config.hidden_size,
+            n_layer=config.num_hidden_layers,
+            n_head=config.num_attention_heads,
+            n_inner=config.intermediate_size,
+            n_positions=config.max_position_embeddings,
+            activation_function="gelu_new",
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            layer_norm_epsilon=config.layer_norm_eps,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    ).eval()
+    ours_state = ours.state_dict()
+    mapping = {
+        "transformer.wte.weight": "model.embed_tokens.weight",
+        "transformer.wpe.weight": "model.embed_positions.weight",
+    }
+    mapping |= {f"transformer.ln_f.{p}": f"model.norm.{p}" for p in ("weight", "bias")}
+    for i in range(config.num_hidden_layers):
+        g, o = f"transformer.h.{i}.", f"model.layers.{i}."
+        for a, b in [("ln_1", "ln_1"), ("ln_2", "ln_2"), ("attn.c_attn", "attn.qkv_proj"),
+                     ("attn.c_proj", "attn.o_proj"), ("mlp.c_fc", "mlp.fc_in"), ("mlp.c_proj", "mlp.fc_out")]:  # fmt: skip
+            mapping[g + a + ".weight"] = o + b + ".weight"
+            mapping[g + a + ".bias"] = o + b + ".bias"
+    converted = {}
+    for name in gpt2.state_dict():
+        if name in mapping:
+            source = ours_state[mapping[name]]
+            is_conv1d = name.endswith(".weight") and ".attn." in name or ".mlp." in name
+            converted[name] = (
+                source.t() if is_conv1d and name.endswith(".weight") else source
+            )  # Conv1D: (in, out)
+    gpt2.load_state_dict(converted, strict=False)
+    ids = random_ids(2, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, gpt2(ids).logits, atol=1e-5, rtol=1e-5)
+    kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours.generate(ids[:1], **kwargs), gpt2.generate(ids[:1], **kwargs))
+
+
+def test_save_and_load_give_identical_logits(tmp_path):
+    model = tiny_lm(use_lstm=True, position_embedding_type="rope")
+    model.save_pretrained(tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"model.safetensors", "config.json", "modeling_memory_transformer.py"} <= files
+    assert "configuration_memory_transformer.py" in files
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert set(auto_map) == {
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForCausalLM",
+        "AutoModelForSequenceClassification",
+    }
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, MemoryTransformerForCausalLM)
+    ids = random_ids(2, 10)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert isinstance(AutoModel.from_pretrained(tmp_path), MemoryTransformerModel)
+    assert AutoConfig.from_pretrained(tmp_path).position_embedding_type == "rope"
+
+
+def test_loads_in_bfloat16(tmp_path):
+    tiny_lm(use_lstm=True).save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert model.dtype == torch.bfloat16
+    assert model.model.memory.lstm.weight_ih_l0.dtype == torch.bfloat16
+    out = model.generate(
+        random_ids(1, 5), max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0
+    )
+    assert out.shape == (1, 9)
+
+
+def test_remote_code_load_without_the_package(tmp_path, tokenizer):
+    """A saved folder loads with trust_remote_code=True where only torch and transformers are importable."""
+    model = tiny_lm(use_lstm=True, vocab_size=len(tokenizer))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    ids = random_ids(1, 7, high=len(tokenizer))
+    with torch.no_grad():
+        expected = model(ids).logits
+    torch.save({"ids": ids, "logits": expected}, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+
+        class BlockPackage:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "llm_memory":
+                    raise ImportError("llm_memory is blocked in this process")
+
+        sys.meta_path.insert(0, BlockPackage())
+        try:
+            import llm_memory  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("llm_memory should not be importable here")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+        folder = {str(tmp_path / "model")!r}
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        with torch.no_grad():
+            torch.testing.assert_close(model(expected["ids"]).logits, expected["logits"])
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        out = model.generate(expected["ids"], max_new_tokens=3, do_sample=False, pad_token_id=0)
+        assert out.shape == (1, 10)
+        classifier = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True, num_labels=2)
+        AutoTokenizer.from_pretrained(folder)
+        print("REMOTE_OK", type(classifier).__name__)
+        """
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REMOTE_OK MemoryTransformerForSequenceClassification" in result.stdout
+
+
+def test_text_generation_and_classification_pipelines(tmp_path, tokenizer):
+    lm = tiny_lm(use_lstm=True, vocab_size=len(tokenizer))
+    lm.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    generator = pipeline("text-generation", model=str(tmp_path / "lm"))
+    text = generator("The movie was", max_new_tokens=5, do_sample=False)[0]["generated_text"]
+    assert text.startswith("The movie was") and len(text) > len("The movie was")
+
+    torch.manual_seed(0)
+    config = tiny_config(
+        vocab_size=len(tokenizer), id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1}
+    )
+    MemoryTransformerForSequenceClassification(config).save_pretrained(tmp_path / "clf")
+    tokenizer.save_pretrained(tmp_path / "clf")
+    classifier = pipeline("text-classification", model=str(tmp_path / "clf"), top_k=None)
+    scores = classifier(["a great film", "dull, far too long and badly acted"])
+    for result in scores:
+        assert {r["label"] for r in result} == {"neg", "pos"}
+        assert sum(r["score"] for r in result) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_classification_pools_last_real_token_under_padding():
+    torch.manual_seed(0)
+    model = MemoryTransformerForSequenceClassification(tiny_config(num_labels=3)).eval()
+    short, long = random_ids(1, 4, seed=5)[0], random_ids(1, 9, seed=6)[0]
+    for side in ("left", "right"):
+        ids = torch.zeros(2, 9, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        ids[1], mask[1] = long, 1
+        span = slice(5, 9) if side == "left" else slice(0, 4)
+        ids[0, span], mask[0, span] = short, 1
+        labels = torch.tensor([2, 0])
+        with torch.no_grad():
+            out = model(ids, attention_mask=mask, labels=labels)
+            alone = torch.cat([model(short[None]).logits, model(long[None]).logits])
+        torch.testing.assert_close(out.logits, alone, atol=1e-5, rtol=1e-5)
+        expected = torch.nn.functional.cross_entropy(alone, labels)
+        torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_classification_loss_trains():
+    torch.manual_seed(0)
+    model = MemoryTransformerForSequenceClassification(tiny_config(num_labels=2))
+    ids = random_ids(8, 10)
+    labels = (ids[:, -1] > 50).long()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = model(ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_causal_lm_loss_is_shifted_cross_entropy():
+    model = tiny_lm()
+    ids = random_ids(2, 10)
+    out = model(ids, labels=ids)
+    expected = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 97), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = tiny_lm(use_lstm=True).train()
+    ids = random_ids(2, 12)
+    model(ids, labels=ids).loss.backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing
+    model(ids, labels=ids).loss.backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, plain[name], msg=name)
+
+
+def test_resize_token_embeddings_keeps_weights_tied():
+    model = tiny_lm()
+    model.resize_token_embeddings(120)
+    assert model.config.vocab_size == 120
+    assert model.lm_head.weight.shape == (120, 32)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert model(random_ids(1, 5, high=120)).logits.shape == (1, 5, 120)
+
+
+def test_auto_classes_are_registered():
+    config = tiny_config()
+    assert isinstance(AutoConfig.for_model("memory_transformer"), MemoryTransformerConfig)
+    assert isinstance(AutoModelForCausalLM.from_config(config), MemoryTransformerForCausalLM)
+    assert isinstance(
+        AutoModelForSequenceClassification.from_config(config), MemoryTransformerForSequenceClassification
+    )
+    assert isinstance(AutoModel.from_config(config), MemoryTransformerModel)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(hidden_size=30, num_attention_heads=4), "num_attention_heads"),
+        (dict(position_embedding_type="alibi"), "position_embedding_type"),
+        (dict(hidden_size=0), "hidden_size"),
+        (dict(vocab_size=-1), "vocab_size"),
+        (dict(num_hidden_layers=0), "num_hidden_layers"),
+        (dict(num_attention_heads=0), "num_attention_heads"),
+        (dict(intermediate_size=0), "intermediate_size"),
+        (dict(max_position_embeddings=0), "max_position_embeddings"),
+        (dict(lstm_num_layers=0), "lstm_num_layers"),
+        (dict(hidden_dropout=1.5), "hidden_dropout"),
+        (dict(attention_dropout=-0.1), "attention_dropout"),
+        (dict(layer_norm_eps=0.0), "layer_norm_eps"),
+        (dict(hidden_size=30, num_attention_heads=6, position_embedding_type="rope"), "even head size"),
+        (
+            dict(hidden_size=33, num_attention_heads=3, position_embedding_type="sinusoidal"),
+            "even `hidden_size`",
+        ),
+    ],
+)
+def test_config_errors_name_the_field(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_config_round_trips(tmp_path):
+    config = tiny_config(use_lstm=False, position_embedding_type="sinusoidal", lstm_num_layers=2)
+    config.save_pretrained(tmp_path)
+    loaded = MemoryTransformerConfig.from_pretrained(tmp_path)
+    for field in ("use_lstm", "position_embedding_type", "lstm_num_layers", "hidden_size", "layer_types"):
+        assert getattr(loaded, field) == getattr(config, field)
+    assert loaded.layer_types == ["full_attention", "full_attention"]
