@@ -380,7 +380,11 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
             state = None
             if recurrent is not None and recurrent.is_recurrent_states_initialized[0]:
                 # Stored batch-first, (B, L, H), so that beam search's reorder along dim 0 moves it.
-                state = tuple(recurrent.recurrent_states[i].transpose(0, 1).contiguous() for i in (0, 1))
+                # A copy, not a view: the cache is written in place below, and autograd needs the old state.
+                state = tuple(
+                    recurrent.recurrent_states[i].transpose(0, 1).clone(memory_format=torch.contiguous_format)
+                    for i in (0, 1)
+                )
             hidden_states, (h, c) = self.memory(hidden_states, token_mask, state)
             if recurrent is not None:
                 recurrent.update_recurrent_state(h.transpose(0, 1), state_idx=0)

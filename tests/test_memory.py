@@ -1,0 +1,149 @@
+"""Segment recurrence: window-by-window scoring, state carry-over, truncated BPTT, long generation."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
+from llm_memory.memory import (
+    RecurrentTrainer,
+    generate_long,
+    score_document,
+    windowed_forward,
+    windowed_logits,
+)
+
+WINDOW = 16
+
+
+def tiny_lm(**overrides):
+    torch.manual_seed(0)
+    values = dict(
+        vocab_size=97,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=WINDOW,
+    )
+    return MemoryTransformerForCausalLM(MemoryTransformerConfig(**(values | overrides))).eval()
+
+
+def ids_of(length, batch=2, seed=1):
+    return torch.randint(5, 97, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def by_hand(model, ids):
+    """Each window its own model() call, starting from the LSTM state the previous call ended with."""
+    logits, state = [], None
+    for start in range(0, ids.shape[1], WINDOW):
+        cache = DynamicCache(config=model.config)
+        if state is not None:
+            for index, tensor in enumerate(state):
+                cache.layers[-1].update_recurrent_state(tensor, state_idx=index)
+        logits.append(model(ids[:, start : start + WINDOW], past_key_values=cache, use_cache=True).logits)
+        state = [cache.layers[-1].recurrent_states[i].clone() for i in (0, 1)]
+    return torch.cat(logits, dim=1)
+
+
+@pytest.mark.parametrize("position_embedding_type", ["learned", "sinusoidal", "rope"])
+def test_long_sequence_in_one_call_equals_window_by_window_with_carried_state(position_embedding_type):
+    model = tiny_lm(position_embedding_type=position_embedding_type)
+    ids = ids_of(WINDOW * 4 + 5)
+    with torch.no_grad():
+        one_call = windowed_logits(model, ids)
+        torch.testing.assert_close(one_call, by_hand(model, ids), atol=1e-5, rtol=1e-5)
+        # The first window is a plain forward pass; later windows see the past only through the LSTM.
+        torch.testing.assert_close(one_call[:, :WINDOW], model(ids[:, :WINDOW]).logits, atol=1e-5, rtol=1e-5)
+        alone = model(ids[:, WINDOW : 2 * WINDOW]).logits
+        assert (one_call[:, WINDOW : 2 * WINDOW] - alone).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("use_lstm", [True, False])
+def test_attention_alone_forgets_past_the_window(use_lstm):
+    model = tiny_lm(use_lstm=use_lstm)
+    ids = ids_of(WINDOW * 3)
+    with torch.no_grad():
+        forgetful = windowed_logits(model, ids, carry_state=False)
+        for start in range(0, ids.shape[1], WINDOW):
+            window = ids[:, start : start + WINDOW]
+            torch.testing.assert_close(
+                forgetful[:, start : start + WINDOW], model(window).logits, atol=1e-5, rtol=1e-5
+            )
+
+
+def test_carried_keys_and_values_reach_into_the_previous_window():
+    model = tiny_lm(use_lstm=False, position_embedding_type="rope")
+    ids = ids_of(40)
+    with torch.no_grad():
+        outputs = list(windowed_forward(model, ids, carry_kv=8))
+        assert [(o.start, o.end) for o in outputs] == [(0, 8), (8, 16), (16, 24), (24, 32), (32, 40)]
+        assert all(o.past_key_values.get_seq_length() <= WINDOW for o in outputs)
+        # Window 2 attends to the 8 tokens before it: the same as a forward pass over those 16 tokens.
+        torch.testing.assert_close(outputs[1].logits, model(ids[:, :16]).logits[:, 8:], atol=1e-5, rtol=1e-5)
+
+
+def test_score_document_matches_summed_window_losses_and_keeps_memory_constant():
+    model = tiny_lm()
+    ids = ids_of(WINDOW * 16, batch=1)
+    with torch.no_grad():
+        scored = score_document(model, ids)
+        logits = windowed_logits(model, ids)
+    expected = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
+    assert scored["tokens"] == ids.shape[1] - 1
+    assert scored["nll"] == pytest.approx(float(expected), rel=1e-5)
+    assert scored["perplexity"] == pytest.approx(float(expected.exp()), rel=1e-5)
+    sizes = {o.past_key_values.layers[0].keys.shape for o in windowed_forward(model, ids)}
+    assert max(shape[2] for shape in sizes) == WINDOW  # the cache never grows past one window
+
+
+@pytest.mark.parametrize(("bptt_windows", "reaches_back"), [(None, True), (2, True), (1, False)])
+def test_truncated_bptt_cuts_gradients_at_the_set_number_of_windows(bptt_windows, reaches_back):
+    model = tiny_lm().train()
+    ids = ids_of(WINDOW * 2, batch=1)
+    labels = ids.clone()
+    labels[:, : WINDOW + 1] = -100  # only the second window's predictions count
+    embeddings = []
+    hook = model.model.embed_tokens.register_forward_hook(
+        lambda m, i, out: out.retain_grad() or embeddings.append(out)
+    )
+    loss = sum(o.loss_sum for o in windowed_forward(model, ids, labels=labels, bptt_windows=bptt_windows))
+    loss.backward()
+    hook.remove()
+    first_window_grad = embeddings[0].grad
+    assert (first_window_grad is not None and first_window_grad.abs().sum() > 0) == reaches_back
+
+
+def test_generate_past_the_window():
+    model = tiny_lm()
+    prompt = ids_of(5, batch=1)
+    kwargs = dict(do_sample=False, pad_token_id=0, min_new_tokens=60)
+    first = generate_long(model, prompt, max_new_tokens=60, carry_kv=4, **kwargs)
+    again = generate_long(model, prompt, max_new_tokens=60, carry_kv=4, **kwargs)
+    assert first.shape == (1, 65) and torch.equal(first, again)
+    assert torch.equal(first[:, :5], prompt)
+
+
+def test_recurrent_trainer_trains_on_sequences_longer_than_the_window(tmp_path):
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    model = tiny_lm().train()
+    ids = ids_of(WINDOW * 3, batch=8)
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=6, learning_rate=1e-2,
+        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+    )  # fmt: skip
+    trainer = RecurrentTrainer(model=model, args=args, train_dataset=data, bptt_windows=2)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+
+
+def test_bad_window_arguments_are_refused():
+    model = tiny_lm()
+    with pytest.raises(ValueError, match="carry_kv"):
+        next(windowed_forward(model, ids_of(20), carry_kv=WINDOW))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        next(windowed_forward(model, ids_of(20), window=WINDOW * 2))
