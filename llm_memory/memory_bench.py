@@ -1,0 +1,471 @@
+"""Memory benchmark: probe accuracy against the distance to the fact, inside and beyond the window.
+
+Follows the BABILong evaluation (Kuratov et al., 2024): accuracy of recalling a fact hidden in
+distractor text, read as a curve against how far back the fact is. Three ways to read past the
+attention window are compared, each fine-tuned on probes the way it is evaluated (windowed training
+with truncated back-propagation through time, as in the Recurrent Memory Transformer):
+
+- ``attention``: window by window, nothing carried; a fact outside the question's window is lost.
+- ``lstm``: the LSTM (h, c) state carried from window to window (segment recurrence).
+- ``lstm+kv``: the state plus the last ``window // 2`` keys and values (Transformer-XL's cache).
+
+An answer counts when every answer token is the argmax at its position, teacher forced: the same
+test as greedy decoding when the answer is right, and cheaper. Usage::
+
+    python -m llm_memory.memory_bench --model PATH --task passkey --distances 256,1024,4096 \\
+        --samples 20 --train_steps 200
+"""
+
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    HfArgumentParser,
+    TrainingArguments,
+    default_data_collator,
+)
+
+from . import probes
+from .memory import RecurrentTrainer, window_size, windowed_forward
+from .probes import TASKS, Probe
+
+VARIANTS = ("attention", "lstm", "lstm+kv")
+RESULTS_DIR = Path(os.environ.get("MEMORY_RESULTS_DIR", "bench/memory_results"))
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class BenchError(ValueError):
+    """Bad benchmark input; the message says what to fix."""
+
+
+def variant_settings(variant: str, window: int, carry_kv: int | None = None) -> dict:
+    """``windowed_forward`` keywords of a variant; ``carry_kv`` overrides lstm+kv's ``window // 2``."""
+    if variant == "attention":
+        return {"carry_state": False, "carry_kv": 0}
+    if variant == "lstm":
+        return {"carry_state": True, "carry_kv": 0}
+    if variant == "lstm+kv":
+        return {"carry_state": True, "carry_kv": window // 2 if carry_kv is None else carry_kv}
+    raise BenchError(f"Unknown variant {variant!r}; choose from {', '.join(VARIANTS)}.")
+
+
+def reach_start(position: int, window: int, carry_kv: int) -> int:
+    """First token that attention at ``position`` can see when windows hold ``window - carry_kv`` new
+    tokens each and also the ``carry_kv`` tokens before them."""
+    window_start = position // (window - carry_kv) * (window - carry_kv)
+    return max(0, window_start - carry_kv)
+
+
+@dataclass
+class ProbeRun:
+    predicted_ids: list[int]  # argmax at each answer position, teacher forced
+    correct: bool
+    token_accuracy: float
+    fact_in_reach: bool  # whole fact visible to attention from the last prompt token
+    window_start: int  # first new token of the window holding the last prompt token
+    attentions: tuple | None  # that window's attentions, when asked for: per layer (1, nh, T, S)
+
+
+@torch.no_grad()
+def run_probe(
+    model,
+    probe: Probe,
+    window: int | None = None,
+    carry_kv: int = 0,
+    carry_state: bool = True,
+    output_attentions: bool = False,
+) -> ProbeRun:
+    """Reads prompt and answer window by window and checks the argmax at every answer position."""
+    window = window or window_size(model)
+    ids = torch.tensor([probe.input_ids + probe.answer_ids], device=model.device)
+    first = len(probe.input_ids) - 1  # the logits here predict the first answer token
+    last = first + len(probe.answer_ids)
+    step = window - carry_kv
+    skip = 0
+    if carry_kv == 0 and not (carry_state and model.config.use_lstm):
+        # Nothing crosses a window boundary, so earlier windows cannot change these logits: skip them.
+        skip = first // step * step
+    predicted, attentions = [], None
+    for out in windowed_forward(
+        model,
+        ids[:, skip:],
+        window=window,
+        carry_kv=carry_kv,
+        carry_state=carry_state,
+        output_attentions=output_attentions,
+    ):
+        start, end = out.start + skip, out.end + skip
+        low, high = max(start, first), min(end, last)
+        if low < high:
+            predicted += out.logits[0, low - start : high - start].argmax(-1).tolist()
+        if output_attentions and start <= first < end:
+            attentions = out.attentions
+    hits = [p == a for p, a in zip(predicted, probe.answer_ids, strict=True)]
+    return ProbeRun(
+        predicted_ids=predicted,
+        correct=all(hits),
+        token_accuracy=sum(hits) / len(hits),
+        fact_in_reach=probe.fact_token_span[0] >= reach_start(first, window, carry_kv),
+        window_start=first // step * step,
+        attentions=attentions,
+    )
+
+
+def evaluate(model, eval_probes: list[Probe], window: int, carry_kv: int, carry_state: bool) -> dict:
+    runs = [run_probe(model, probe, window, carry_kv, carry_state) for probe in eval_probes]
+    n = len(runs)
+    return {
+        "accuracy": sum(run.correct for run in runs) / n,
+        "token_accuracy": sum(run.token_accuracy for run in runs) / n,
+        "fact_in_reach": sum(run.fact_in_reach for run in runs) / n,
+        "samples": n,
+    }
+
+
+def fine_tune(
+    model,
+    tokenizer,
+    task: str,
+    distances: list[int],
+    steps: int,
+    window: int,
+    settings: dict,
+    *,
+    seed: int = 0,
+    learning_rate: float = 1e-3,
+    bptt_windows: int | None = None,
+    align: bool = True,
+) -> list[dict]:
+    """``steps`` updates of one probe each, on probes over train-split reviews, read window by window as
+    the variant is evaluated. Returns the Trainer's log history."""
+    per_distance = math.ceil(steps / len(distances))
+    train = probes.make_probe_dataset(
+        task,
+        distances,
+        per_distance,
+        tokenizer,
+        seed=seed + 1,
+        split="train",
+        align_to=window if align else None,
+    )
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = TrainingArguments(
+            output_dir=output_dir,
+            max_steps=steps,
+            # One probe per step: probes differ in length, and RecurrentTrainer reads unpadded rows.
+            per_device_train_batch_size=1,
+            learning_rate=learning_rate,
+            warmup_steps=min(10, steps // 10),
+            logging_steps=max(1, steps // 5),
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            seed=seed,
+            dataloader_pin_memory=False,
+        )
+        trainer = RecurrentTrainer(
+            model=model,
+            args=args,
+            train_dataset=train.remove_columns("distance"),
+            data_collator=default_data_collator,
+            window=window,
+            bptt_windows=bptt_windows,
+            **settings,
+        )
+        trainer.train()
+    model.eval()
+    return trainer.state.log_history
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reporting: table, JSON, PNG and interactive HTML.
+# ---------------------------------------------------------------------------------------------------
+
+
+def markdown_table(report: dict) -> str:
+    distances = report["distances"]
+    cells = {(row["variant"], row["distance"]): row for row in report["results"]}
+    lines = [
+        f"Task `{report['task']}`, window {report['window']} tokens, {report['samples']} probes per distance; "
+        "exact-match accuracy (per-token accuracy).",
+        "",
+        "| variant | " + " | ".join(f"{d}{'*' if d >= report['window'] else ''}" for d in distances) + " |",
+        "|---|" + "---|" * len(distances),
+    ]
+    for variant in report["variants"]:
+        values = [cells[(variant, d)] for d in distances]
+        lines.append(
+            f"| {variant} | "
+            + " | ".join(f"{v['accuracy']:.2f} ({v['token_accuracy']:.2f})" for v in values)
+            + " |"
+        )
+    chance = report["chance"]
+    per_token = f" ({chance['per_token']:.2f})" if chance["per_token"] is not None else ""
+    lines.append(f"| chance | {chance['exact']:.2g}{per_token} |" + " |" * (len(distances) - 1))
+    lines += ["", f"\\* beyond the window. Chance: {chance['note']}."]
+    return "\n".join(lines)
+
+
+def accuracy_figure(report: dict):
+    """Plotly figure of exact-match accuracy against distance, one line per variant."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for variant in report["variants"]:
+        rows = sorted((r for r in report["results"] if r["variant"] == variant), key=lambda r: r["distance"])
+        figure.add_trace(
+            go.Scatter(
+                x=[r["distance"] for r in rows],
+                y=[r["accuracy"] for r in rows],
+                customdata=[[r["token_accuracy"], r["fact_in_reach"]] for r in rows],
+                mode="lines+markers",
+                name=variant,
+                hovertemplate="distance %{x}<br>accuracy %{y:.2f}<br>per-token %{customdata[0]:.2f}"
+                "<br>fact in attention's reach %{customdata[1]:.0%}<extra>" + variant + "</extra>",
+            )
+        )
+    figure.add_hline(y=report["chance"]["exact"], line_dash="dot", annotation_text="chance")
+    figure.add_vline(x=report["window"], line_dash="dash", annotation_text="attention window")
+    figure.update_layout(
+        title=f"{report['task']}: recall against distance to the fact",
+        xaxis={
+            "title": "distance from fact to end of question (tokens)",
+            "type": "log",
+            "tickvals": report["distances"],
+        },
+        yaxis={"title": "exact-match accuracy", "range": [-0.02, 1.02]},
+        template="plotly_white",
+    )
+    return figure
+
+
+def save_png(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for variant in report["variants"]:
+        rows = sorted((r for r in report["results"] if r["variant"] == variant), key=lambda r: r["distance"])
+        ax.plot([r["distance"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=variant)
+    ax.axhline(report["chance"]["exact"], color="gray", linestyle=":", label="chance")
+    ax.axvline(report["window"], color="black", linestyle="--", linewidth=0.8, label="attention window")
+    ax.set_xscale("log")
+    ax.set_xticks(report["distances"], [str(d) for d in report["distances"]])
+    ax.minorticks_off()
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("distance from fact to end of question (tokens)")
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_title(f"{report['task']}: recall against distance to the fact")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def load_report(path: str | os.PathLike) -> dict | None:
+    """A benchmark JSON, or None when there is none at ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchArguments:
+    model: str = field(metadata={"help": "Folder of a saved causal LM and its tokenizer."})
+    task: str = field(default="passkey", metadata={"help": f"One of {', '.join(TASKS)}."})
+    distances: str = field(
+        default="256,1024,4096",
+        metadata={"help": "Comma-separated distances in tokens from the fact to the end of the question."},
+    )
+    samples: int = field(default=20, metadata={"help": "Evaluation probes per distance."})
+    seed: int = field(default=0, metadata={"help": "Seed of the probes and of training."})
+    json: str | None = field(
+        default=None, metadata={"help": "Output JSON; default bench/memory_results/TASK.json."}
+    )
+    train_steps: int = field(
+        default=100, metadata={"help": "Fine-tuning steps (one probe each) per variant; 0 evaluates as is."}
+    )
+    variants: str = field(
+        default=",".join(VARIANTS), metadata={"help": "Comma-separated subset of variants."}
+    )
+    plot_dir: str | None = field(
+        default=None, metadata={"help": "Folder of the PNG and HTML plots; default the JSON's folder."}
+    )
+    window: int | None = field(
+        default=None, metadata={"help": "Window in tokens; default max_position_embeddings."}
+    )
+    carry_kv: int | None = field(
+        default=None, metadata={"help": "Keys/values carried by lstm+kv; default window // 2."}
+    )
+    bptt_windows: int | None = field(
+        default=None,
+        metadata={"help": "Windows per truncated-BPTT segment in training; default: all of them."},
+    )
+    learning_rate: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate."})
+    align: bool = field(
+        default=True,
+        metadata={
+            "help": "Make each probe fill whole windows, so the question ends a window and a fact is in "
+            "attention's reach exactly when within the last window (--no_align: a random lead instead)."
+        },
+    )
+
+
+def parse_list(text: str, name: str, kind=str) -> list:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise BenchError(f"--{name} is empty; give a comma-separated list.")
+    try:
+        return [kind(item) for item in items]
+    except ValueError:
+        raise BenchError(f"--{name} must be comma-separated integers, got {text!r}.") from None
+
+
+def check_arguments(args: BenchArguments) -> tuple[list[int], list[str]]:
+    if args.task not in TASKS:
+        raise BenchError(f"Unknown task {args.task!r}; choose one of {', '.join(TASKS)}.")
+    distances = parse_list(args.distances, "distances", int)
+    if any(d <= 0 for d in distances):
+        raise BenchError(f"--distances must all be positive (tokens), got {args.distances!r}.")
+    variants = parse_list(args.variants, "variants")
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise BenchError(f"Unknown variant {variant!r}; choose from {', '.join(VARIANTS)}.")
+    if args.samples < 1:
+        raise BenchError(f"--samples must be at least 1, got {args.samples}.")
+    if args.train_steps < 0:
+        raise BenchError(f"--train_steps must be 0 or more, got {args.train_steps}.")
+    if not Path(args.model).is_dir():
+        raise BenchError(f"Model folder {args.model!r} not found; pass a folder written by save_pretrained.")
+    if not (Path(args.model) / "config.json").is_file():
+        raise BenchError(f"{args.model!r} has no config.json; pass a folder written by save_pretrained.")
+    return sorted(set(distances)), variants
+
+
+def run_benchmark(args: BenchArguments) -> dict:
+    distances, variants = check_arguments(args)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    config = AutoConfig.from_pretrained(args.model)
+    window = args.window or config.max_position_embeddings
+    if not 0 < window <= config.max_position_embeddings:
+        raise BenchError(
+            f"--window must be in [1, {config.max_position_embeddings}] for this model, got {window}."
+        )
+    if args.carry_kv is not None and not 0 <= args.carry_kv < window:
+        raise BenchError(f"--carry_kv must be in [0, window={window}), got {args.carry_kv}.")
+    if not config.use_lstm and any(v != "attention" for v in variants):
+        print("note: this model has no LSTM, so the lstm variants carry nothing but keys/values.")
+    # Probes first: a distance too short for the question fails before any model is loaded.
+    distractors = probes.as_distractors(None, tokenizer, "test")
+    rng = random.Random(args.seed)
+    align_to = window if args.align else None
+    try:
+        eval_probes = {
+            distance: [
+                probes.make_probe(args.task, distance, tokenizer, rng, distractors, align_to=align_to)
+                for _ in range(args.samples)
+            ]
+            for distance in distances
+        }
+    except ValueError as error:
+        raise BenchError(str(error)) from None
+
+    started, results, training = time.time(), [], {}
+    model = None
+    for variant in variants:
+        settings = variant_settings(variant, window, args.carry_kv)
+        if model is None or args.train_steps:
+            # Each variant is fine-tuned from the same weights, the way it is then evaluated.
+            model = AutoModelForCausalLM.from_pretrained(args.model).to(DEVICE)
+        if args.train_steps:
+            history = fine_tune(
+                model,
+                tokenizer,
+                args.task,
+                distances,
+                args.train_steps,
+                window,
+                settings,
+                seed=args.seed,
+                learning_rate=args.learning_rate,
+                bptt_windows=args.bptt_windows,
+                align=args.align,
+            )
+            training[variant] = [row for row in history if "loss" in row]
+        model.eval()
+        for distance in distances:
+            row = evaluate(
+                model, eval_probes[distance], window, settings["carry_kv"], settings["carry_state"]
+            )
+            results.append({"variant": variant, "distance": distance, **settings, **row})
+            print(f"{variant:>9} distance {distance:>6}: accuracy {row['accuracy']:.2f}", flush=True)
+    return {
+        "task": args.task,
+        "model": str(args.model),
+        "window": window,
+        "distances": distances,
+        "variants": variants,
+        "samples": args.samples,
+        "seed": args.seed,
+        "train_steps": args.train_steps,
+        "learning_rate": args.learning_rate,
+        "bptt_windows": args.bptt_windows,
+        "aligned": args.align,
+        "chance": probes.chance_level(args.task),
+        "results": results,
+        "training_loss": training,
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def write_outputs(report: dict, json_path: Path, plot_dir: Path) -> dict[str, Path]:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": json_path,
+        "png": plot_dir / f"{json_path.stem}.png",
+        "html": plot_dir / f"{json_path.stem}.html",
+    }
+    paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    save_png(report, paths["png"])
+    # plotly.js inline: the page works offline and from a file.
+    accuracy_figure(report).write_html(paths["html"], include_plotlyjs=True, full_html=True)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = HfArgumentParser(BenchArguments)
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        report = run_benchmark(args)
+    except BenchError as error:
+        print(f"memory_bench: error: {error}", file=sys.stderr)
+        return 2
+    json_path = Path(args.json) if args.json else RESULTS_DIR / f"{args.task}.json"
+    paths = write_outputs(report, json_path, Path(args.plot_dir) if args.plot_dir else json_path.parent)
+    print(markdown_table(report))
+    print("\nWrote " + ", ".join(str(path) for path in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

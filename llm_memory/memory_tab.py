@@ -1,0 +1,263 @@
+"""The Memory tab of the demo: run one memory probe and see where attention looks.
+
+Follows the layout of Gradio's demos: the work is a pure function (``run_memory_probe``, also called by
+the tests), then the layout, then the wiring with an ``api_name``. A probe (see ``probes``) hides a fact
+at a chosen distance in review text; the tab shows the model's answer, the share of attention that the
+question pays to the fact in each layer (only possible when the fact is inside the question's window),
+and the accuracy-against-distance curves of the last ``memory_bench`` run.
+"""
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import gradio as gr
+import plotly.graph_objects as go
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .memory import window_size
+from .memory_bench import RESULTS_DIR, VARIANTS, accuracy_figure, load_report, run_probe, variant_settings
+from .probes import TASKS, Distractors, Probe, as_distractors, make_probe
+
+DEFAULT_DISTANCE = 128
+BEYOND_WINDOW = "beyond the window: attention cannot see it"
+
+
+def fact_attention(probe: Probe, attentions: tuple, window_start: int) -> dict | None:
+    """Share of attention mass from the question's tokens onto the fact's tokens, per layer.
+
+    ``attentions`` are those of the window whose new tokens start at ``window_start`` and which holds
+    the prompt's last token; each is (1, nh, T, S), the S keys being carried tokens then the T new ones.
+    Returns None when no fact token is among the keys. ``uniform`` is the share that attention spread
+    evenly over the visible keys would give, for comparison.
+    """
+    new_tokens, keys = attentions[0].shape[-2:]
+    first_key = window_start - (keys - new_tokens)  # position of key 0 in the whole sequence
+    prompt_end = len(probe.input_ids)
+    queries = list(range(max(probe.question_start, window_start), min(prompt_end, window_start + new_tokens)))
+    fact = list(range(max(probe.fact_token_span[0], first_key), probe.fact_token_span[1]))
+    if not fact or not queries:
+        return None
+    query_index = [q - window_start for q in queries]
+    key_index = [k - first_key for k in fact]
+    per_layer = [
+        float(layer[0][:, query_index][:, :, key_index].sum(-1).mean()) for layer in attentions
+    ]  # mean over heads and question tokens
+    uniform = sum(len(fact) / (q - first_key + 1) for q in queries) / len(queries)
+    return {
+        "per_layer": per_layer,
+        "uniform": uniform,
+        "fact_tokens_seen": len(fact),
+        "fact_tokens": probe.fact_token_span[1] - probe.fact_token_span[0],
+    }
+
+
+def run_memory_probe(
+    model,
+    tokenizer,
+    task: str = "passkey",
+    distance: int = DEFAULT_DISTANCE,
+    seed: int = 0,
+    variant: str = "lstm",
+    distractor_texts: Sequence[str] | Distractors | None = None,
+    align: bool = True,
+) -> dict:
+    """Builds one probe, reads it window by window as ``variant`` does, and reports the answer and the
+    attention the question pays to the fact. With ``align`` the probe fills whole windows, as in the
+    benchmark, so the fact is inside the question's window when it lies within the last window."""
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown variant {variant!r}; choose from {', '.join(VARIANTS)}.")
+    window = window_size(model)
+    probe = make_probe(
+        task, int(distance), tokenizer, int(seed), distractor_texts, align_to=window if align else None
+    )
+    settings = variant_settings(variant, window)
+    run = run_probe(model, probe, window, output_attentions=True, **settings)
+    attention = fact_attention(probe, run.attentions, run.window_start)
+    if attention is None:
+        seen = BEYOND_WINDOW + (
+            "; only the carried LSTM state can bring it to the question."
+            if settings["carry_state"] and model.config.use_lstm
+            else "."
+        )
+    elif attention["fact_tokens_seen"] < attention["fact_tokens"]:
+        seen = f"the fact is partly inside the window ({attention['fact_tokens_seen']} of its tokens)."
+    else:
+        seen = "the fact is inside the question's window: attention can see it."
+    return {
+        "task": task,
+        "variant": variant,
+        "distance": probe.distance,
+        "window": window,
+        "carry_kv": settings["carry_kv"],
+        "prompt": probe.text,
+        "fact": tokenizer.decode(probe.input_ids[slice(*probe.fact_token_span)]),
+        "answer": probe.answer,
+        "predicted": tokenizer.decode(run.predicted_ids),
+        "correct": run.correct,
+        "token_accuracy": run.token_accuracy,
+        "fact_in_reach": attention is not None,
+        "attention": attention,
+        "message": seen,
+        "probe": probe,
+    }
+
+
+def attention_figure(result: dict) -> go.Figure | None:
+    attention = result["attention"]
+    if attention is None:
+        return None
+    layers = [f"layer {i}" for i in range(len(attention["per_layer"]))]
+    figure = go.Figure(go.Bar(x=layers, y=attention["per_layer"], name="question → fact"))
+    figure.add_hline(y=attention["uniform"], line_dash="dot", annotation_text="if spread evenly")
+    figure.update_layout(
+        title="Share of the question's attention on the fact",
+        yaxis={"title": "attention mass (mean over heads and question tokens)", "range": [0, 1]},
+        template="plotly_white",
+    )
+    return figure
+
+
+def highlighted_prompt(tokenizer, result: dict) -> list[tuple[str, str | None]]:
+    """The prompt cut into text, fact, text, question and answer, for ``gr.HighlightedText``."""
+    probe = result["probe"]
+    ids = probe.input_ids
+    (fact_start, fact_end), question = probe.fact_token_span, probe.question_start
+    parts = [
+        (tokenizer.decode(ids[:fact_start]), None),
+        (tokenizer.decode(ids[fact_start:fact_end]), "fact"),
+        (tokenizer.decode(ids[fact_end:question]), None),
+        (tokenizer.decode(ids[question:]), "question"),
+        (result["answer"], "answer"),
+    ]
+    return [(text, label) for text, label in parts if text]
+
+
+def summary_markdown(result: dict) -> str:
+    verdict = "right" if result["correct"] else "wrong"
+    lines = [
+        f"**Answer:** `{result['answer'].strip()}` · **model:** `{result['predicted'].strip()}` "
+        f"({verdict}; {result['token_accuracy']:.0%} of answer tokens)",
+        f"**Fact:** {result['fact'].strip()}",
+        f"**Distance:** {result['distance']} tokens · **window:** {result['window']} tokens · "
+        f"**variant:** {result['variant']}"
+        + (f" (carries {result['carry_kv']} keys/values)" if result["carry_kv"] else ""),
+        f"**Attention:** {result['message']}",
+    ]
+    if result["attention"] is not None:
+        shares = ", ".join(f"{share:.1%}" for share in result["attention"]["per_layer"])
+        lines.append(
+            f"Question → fact attention per layer: {shares} (even spread: {result['attention']['uniform']:.1%})."
+        )
+    return "\n\n".join(lines)
+
+
+def benchmark_curves(task: str, results_dir: str | os.PathLike = RESULTS_DIR) -> tuple[go.Figure | None, str]:
+    path = Path(results_dir) / f"{task}.json"
+    report = load_report(path)
+    if report is None:
+        return None, (
+            f"No benchmark results for `{task}` at `{path}`. Run "
+            f"`python -m llm_memory.memory_bench --model MODEL_FOLDER --task {task}` to make them."
+        )
+    return accuracy_figure(report), (
+        f"Last benchmark run: `{report['model']}`, {report['samples']} probes per distance, "
+        f"{report['train_steps']} fine-tuning steps per variant."
+    )
+
+
+def _model_table(models) -> dict:
+    """Name -> folder or (model, tokenizer), from one of those, a list or mapping of them, or the demo's
+    loaded models (anything with ``lm`` and ``lm_tokenizer``)."""
+    if hasattr(models, "lm") and hasattr(models, "lm_tokenizer"):
+        return {"language model": (models.lm, models.lm_tokenizer)}
+    if isinstance(models, Mapping):
+        return dict(models)
+    if isinstance(models, (str, os.PathLike)):
+        return {Path(models).name: models}
+    if isinstance(models, tuple) and len(models) == 2 and not isinstance(models[0], (str, os.PathLike)):
+        return {"model": models}
+    return {
+        Path(m).name if isinstance(m, (str, os.PathLike)) else f"model {i}": m for i, m in enumerate(models)
+    }
+
+
+def add_memory_tab(
+    models,
+    results_dir: str | os.PathLike = RESULTS_DIR,
+    distractor_texts: Sequence[str] | None = None,
+) -> gr.Tab:
+    """Adds the Memory tab to the enclosing ``gr.Blocks``; its endpoint is ``/memory``.
+
+    ``models`` is a folder, a (model, tokenizer) pair, a list of those, a mapping from display names
+    to them, or the demo's loaded models (its ``lm`` and ``lm_tokenizer`` are used); folders are loaded
+    on first use. ``distractor_texts`` replaces the test reviews as filler.
+    """
+    table = _model_table(models)
+    if not table:
+        raise ValueError("add_memory_tab needs at least one model (a folder or a (model, tokenizer) pair).")
+    names = list(table)
+    loaded: dict = {}
+    distractors: dict = {}
+
+    def get(name: str):
+        if name not in loaded:
+            entry = table[name]
+            if isinstance(entry, tuple):
+                loaded[name] = entry
+            else:
+                model = AutoModelForCausalLM.from_pretrained(entry).eval()
+                loaded[name] = (model, AutoTokenizer.from_pretrained(entry))
+        return loaded[name]
+
+    def handle(task, distance, seed, variant, model_name):
+        model, tokenizer = get(model_name or names[0])
+        if id(tokenizer) not in distractors:  # tokenized sentences are cached per tokenizer
+            distractors[id(tokenizer)] = as_distractors(distractor_texts, tokenizer)
+        try:
+            result = run_memory_probe(
+                model,
+                tokenizer,
+                task,
+                int(distance or DEFAULT_DISTANCE),
+                int(seed or 0),
+                variant,
+                distractors[id(tokenizer)],
+            )
+        except ValueError as error:
+            raise gr.Error(str(error)) from None
+        curves, note = benchmark_curves(task, results_dir)
+        return (
+            summary_markdown(result),
+            highlighted_prompt(tokenizer, result),
+            attention_figure(result),
+            curves,
+            note,
+        )
+
+    with gr.Tab("Memory", id="memory") as tab:
+        gr.Markdown(
+            "A fact is hidden in movie-review text at a chosen distance (in tokens) before a question about "
+            "it. Inside the attention window the model can attend to it; beyond, only carried memory (the "
+            "LSTM state, or carried keys/values) can bring it to the question."
+        )
+        with gr.Row():
+            task = gr.Dropdown(list(TASKS), value=TASKS[0], label="Task")
+            distance = gr.Number(value=DEFAULT_DISTANCE, precision=0, minimum=1, label="Distance (tokens)")
+            seed = gr.Number(value=0, precision=0, label="Seed")
+            variant = gr.Dropdown(list(VARIANTS), value="lstm", label="Memory across windows")
+            model_name = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1)
+        run_button = gr.Button("Run probe", variant="primary")
+        summary = gr.Markdown()
+        prompt = gr.HighlightedText(label="Probe", combine_adjacent=False)
+        attention_plot = gr.Plot(label="Question → fact attention per layer")
+        curves_plot = gr.Plot(label="Accuracy against distance (last benchmark run)")
+        curves_note = gr.Markdown()
+
+    run_button.click(
+        handle,
+        inputs=[task, distance, seed, variant, model_name],
+        outputs=[summary, prompt, attention_plot, curves_plot, curves_note],
+        api_name="memory",
+    )
+    return tab

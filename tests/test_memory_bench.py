@@ -1,0 +1,134 @@
+"""Memory benchmark: a tiny end-to-end run, the answer scoring against a plain windowed pass, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
+from llm_memory.memory import windowed_logits
+from llm_memory.memory_bench import VARIANTS, main, run_probe, variant_settings
+from llm_memory.probes import Distractors, make_probe, review_texts
+
+WINDOW = 64
+
+
+def tiny_model(vocab_size: int) -> MemoryTransformerForCausalLM:
+    torch.manual_seed(0)
+    config = MemoryTransformerConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=WINDOW,
+    )
+    return MemoryTransformerForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tokenizer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_memory_model")
+    tiny_model(len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def distractors(tokenizer):
+    return Distractors(review_texts("test")[:100], tokenizer)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_answer_scoring_matches_a_plain_windowed_pass(variant, tokenizer, distractors):
+    model = tiny_model(len(tokenizer))
+    for distance in (30, 150):
+        probe = make_probe("qa1", distance, tokenizer, distance, distractors)
+        settings = variant_settings(variant, WINDOW)
+        run = run_probe(model, probe, WINDOW, **settings)
+        # run_probe skips windows that cannot matter; the full pass must give the same argmax.
+        ids = torch.tensor([probe.input_ids + probe.answer_ids])
+        logits = windowed_logits(model, ids, window=WINDOW, **settings)[0]
+        first = len(probe.input_ids) - 1
+        expected = logits[first : first + len(probe.answer_ids)].argmax(-1).tolist()
+        assert run.predicted_ids == expected
+        assert run.correct == (expected == probe.answer_ids)
+
+
+@pytest.mark.parametrize("variant", ["attention", "lstm+kv"])
+def test_aligned_fact_is_in_reach_exactly_within_the_last_window(variant, tokenizer, distractors):
+    model = tiny_model(len(tokenizer))
+    settings = variant_settings(variant, WINDOW)
+    for distance in (25, 30, 40, 50, 70):
+        probe = make_probe("passkey", distance, tokenizer, 0, distractors, align_to=WINDOW)
+        start, end = probe.fact_token_span
+        within = distance + (end - start) + len(probe.answer_ids) <= WINDOW
+        assert run_probe(model, probe, WINDOW, **settings).fact_in_reach == within
+
+
+def test_end_to_end(model_dir, tmp_path, capsys):
+    json_path = tmp_path / "results" / "kv.json"
+    code = main(
+        [
+            *("--model", str(model_dir), "--task", "kv", "--distances", "40,100", "--samples", "2"),
+            *(
+                "--seed",
+                "3",
+                "--train_steps",
+                "2",
+                "--json",
+                str(json_path),
+                "--plot_dir",
+                str(tmp_path / "plots"),
+            ),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| variant | 40 | 100* |" in out
+    for variant in VARIANTS:
+        assert f"| {variant} | " in out
+    assert "| chance |" in out
+
+    report = json.loads(json_path.read_text())
+    assert report["task"] == "kv" and report["window"] == WINDOW and report["distances"] == [40, 100]
+    assert {(row["variant"], row["distance"]) for row in report["results"]} == {
+        (variant, distance) for variant in VARIANTS for distance in (40, 100)
+    }
+    for row in report["results"]:
+        assert 0 <= row["accuracy"] <= row["token_accuracy"] <= 1
+        assert row["samples"] == 2
+    assert report["chance"]["exact"] < 0.001 and report["chance"]["per_token"] == 0.1
+    assert set(report["training_loss"]) == set(VARIANTS)
+    # Windows of 64: a 100-token distance is out of attention's reach, a kv fact at 40 is not.
+    reach = {(row["variant"], row["distance"]): row["fact_in_reach"] for row in report["results"]}
+    assert reach[("attention", 100)] == reach[("lstm+kv", 100)] == 0.0
+    assert reach[("attention", 40)] == 1.0
+
+    assert (tmp_path / "plots" / "kv.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (tmp_path / "plots" / "kv.html").read_text()
+    assert "Plotly.newPlot" in html and '<script src="https://cdn.plot.ly' not in html
+    assert len(html) > 1_000_000  # plotly.js itself is inline
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--task", "bogus"], "Unknown task 'bogus'"),
+        (["--distances", "100,0"], "must all be positive"),
+        (["--distances", "100,abc"], "comma-separated integers"),
+        (["--variants", "attention,gru"], "Unknown variant 'gru'"),
+        (["--samples", "0"], "--samples must be at least 1"),
+        (["--distances", "5"], "shorter than the passkey question"),
+    ],
+)
+def test_bad_input_gives_one_clear_error(arguments, message, model_dir, capsys):
+    assert main(["--model", str(model_dir), *arguments]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().startswith("memory_bench: error:") and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_model_folder(tmp_path, capsys):
+    assert main(["--model", str(tmp_path / "nowhere")]) == 2
+    assert "Model folder" in capsys.readouterr().err
