@@ -568,8 +568,10 @@ def prepare_classification_dataset(
     first_split = next(iter(raw.values())) if isinstance(raw, DatasetDict) else raw
     label = first_split.features[label_column]
     if isinstance(label, Value) and label.dtype in ("string", "large_string"):
-        # Encoding the whole DatasetDict at once gives every split the same label ids.
-        raw = raw.class_encode_column(label_column)
+        # One sorted set of names across all splits, so every split gets the same label ids.
+        splits = raw.values() if isinstance(raw, DatasetDict) else [raw]
+        names = sorted({value for split in splits for value in split[label_column]})
+        raw = raw.cast_column(label_column, ClassLabel(names=names))
     fn_kwargs = {
         "tokenizer": tokenizer,
         "max_length": max_length,

@@ -502,3 +502,15 @@ def test_docstring_pairs_are_the_same_in_another_process():
     )
     expected = hashlib.sha256(json.dumps(load_docstring_pairs().to_dict()).encode()).hexdigest()
     assert digest.stdout.strip() == expected
+
+
+def test_string_labels_get_the_same_ids_in_every_split(tokenizer):
+    raw = DatasetDict(
+        {
+            "train": Dataset.from_dict({"text": ["good", "bad", "fine"], "label": ["pos", "neg", "pos"]}),
+            "validation": Dataset.from_dict({"text": ["great"], "label": ["pos"]}),
+        }
+    )
+    encoded = llm_memory.data.prepare_classification_dataset(raw, tokenizer, max_length=8)
+    assert encoded["train"]["labels"] == [1, 0, 1]
+    assert encoded["validation"]["labels"] == [1]
