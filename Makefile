@@ -11,8 +11,14 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-.PHONY: install demo test lint bench
+.PHONY: install browser demo test lint bench
 install: $(BIN)/.installed
+
+# The browser test drives Debian's Chromium through Playwright (Playwright never downloads a browser);
+# the fonts make Chinese and emoji render in its screenshots.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		apt-get update -qq && apt-get install -y -qq chromium fonts-noto-cjk fonts-noto-color-emoji >/dev/null; }
 
 demo: install
 	$(BIN)/python app.py
@@ -21,7 +27,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: install lint
+test: install browser lint
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -504,7 +504,7 @@ def test_docstring_pairs_are_the_same_in_another_process():
     assert digest.stdout.strip() == expected
 
 
-def test_string_labels_get_the_same_ids_in_every_split(tokenizer):
+def test_a_split_with_one_label_keeps_the_shared_label_ids(tokenizer):
     raw = DatasetDict(
         {
             "train": Dataset.from_dict({"text": ["good", "bad", "fine"], "label": ["pos", "neg", "pos"]}),

@@ -1,0 +1,421 @@
+"""Gradio demo of the memory transformer: generate, classify, summarize and look inside the attention.
+
+Follows the layout of Gradio's own demos: pure handler functions first, then the layout (one tab per
+task), then the event wiring, each event with an ``api_name`` so that every tab is also an HTTP API.
+The models are loaded once at start; the work itself is done by ``llm_memory.inference``, which the
+tests and the command line call too.
+
+    python app.py                                   # the embedded checkpoints/memory-lm and checkpoints/sentiment
+    python app.py --model PATH_OR_HUB_ID --classifier PATH_OR_HUB_ID [--summarizer PATH_OR_HUB_ID]
+                  [--host 0.0.0.0] [--port 7860] [--share]
+
+Every option has an environment variable (LLM_MEMORY_MODEL, LLM_MEMORY_CLASSIFIER, LLM_MEMORY_SUMMARIZER,
+LLM_MEMORY_HOST, LLM_MEMORY_PORT); GRADIO_SERVER_NAME and GRADIO_SERVER_PORT work too, as on a Space.
+"""
+
+import argparse
+import contextlib
+import html
+import os
+import sys
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import gradio as gr
+import torch
+
+from llm_memory import inference
+from llm_memory.inference import InputError, ModelLoadError, Models
+from llm_memory.memory_tab import add_memory_tab
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_MODEL = os.environ.get("LLM_MEMORY_MODEL", str(HERE / "checkpoints" / "memory-lm"))
+DEFAULT_CLASSIFIER = os.environ.get("LLM_MEMORY_CLASSIFIER", str(HERE / "checkpoints" / "sentiment"))
+# Optional: checkpoints/summarizer is used when it exists.
+_EMBEDDED_SUMMARIZER = HERE / "checkpoints" / "summarizer"
+# Fine-tuned on the passkey probes: shown beside the demo model in the Memory tab when present.
+MEMORY_MODEL = Path(os.environ.get("LLM_MEMORY_MEMORY_MODEL", str(HERE / "checkpoints" / "memory-passkey")))
+DEFAULT_SUMMARIZER = os.environ.get("LLM_MEMORY_SUMMARIZER") or (
+    str(_EMBEDDED_SUMMARIZER) if _EMBEDDED_SUMMARIZER.is_dir() else None
+)
+# None leaves the choice to Gradio: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, else 127.0.0.1:7860.
+DEFAULT_HOST = os.environ.get("LLM_MEMORY_HOST")
+DEFAULT_PORT = int(os.environ["LLM_MEMORY_PORT"]) if os.environ.get("LLM_MEMORY_PORT") else None
+# Jobs the queue runs at once. Generation requests are batched inside inference, so 16 generations at
+# once share their decoding steps; Gradio's default of 1 would serve users one after another.
+CONCURRENCY = int(os.environ.get("LLM_MEMORY_CONCURRENCY", "16"))
+# Seconds between two streamed updates of the generated text.
+STREAM_INTERVAL_S = float(os.environ.get("LLM_MEMORY_STREAM_INTERVAL_MS", "100")) / 1000
+# Torch threads per operation. Requests already run side by side on their own threads; each asking
+# for every core as well makes the threads fight over a small CPU (10x slower on 2 busy cores).
+TORCH_THREADS = int(os.environ.get("LLM_MEMORY_TORCH_THREADS", "1"))
+
+# The flag and variable that choose each model, for the startup error.
+MODEL_OPTIONS = {
+    "model": ("--model", "LLM_MEMORY_MODEL"),
+    "classifier": ("--classifier", "LLM_MEMORY_CLASSIFIER"),
+    "summarizer": ("--summarizer", "LLM_MEMORY_SUMMARIZER"),
+}
+
+GENERATE_EXAMPLES = [
+    "The movie was",
+    "I watched this film last night, and",
+    "The best thing about the story is",
+]
+CLASSIFY_EXAMPLES = [
+    "A wonderful, moving film with a brilliant cast. I loved every minute of it.",
+    "Dull, predictable and far too long. I wanted my money back.",
+    "The plot was thin, but the acting saved it 😀",
+]
+SUMMARIZE_EXAMPLES = [
+    "The queue holds the jobs that wait for a worker. Each job is taken in the order it arrived. "
+    "A worker runs one job at a time and then asks for the next. When no worker is free, new jobs wait "
+    "in the queue. The size of the queue can be limited, in which case a full queue refuses new jobs. "
+    "Jobs that fail are reported to the caller and are not retried.",
+    "This film follows a family over one summer. The children spend their days by the lake. Their parents "
+    "argue about money and about the future of the farm. By the end of the summer the farm is sold. "
+    "The last scene shows the lake in winter, empty and quiet.",
+]
+ATTENTION_EXAMPLES = [
+    "我喜欢编程",
+    "The cat sat on the mat because it was tired.",
+    "Emoji such as 👩‍💻 and 🇫🇷 stay whole.",
+]
+
+
+def slider(minimum: float, maximum: float, **kwargs) -> gr.Slider:
+    """``gr.Slider`` that passes an API caller's out-of-range value on to the task function.
+
+    The task then refuses it with a message naming the parameter and its range, where Gradio's own
+    check says only "Value 9 is greater than maximum value 8". The browser slider cannot leave its range.
+    The check is all that the slider's preprocessing does; an instance attribute replaces it, since a
+    subclass would make Gradio write a type stub next to this file.
+    """
+    component = gr.Slider(minimum, maximum, **kwargs)
+    component.preprocess = lambda payload: payload
+    return component
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turns an ``InputError`` into ``gr.Error``, which Gradio shows to the user and to API clients."""
+    try:
+        yield
+    except InputError as err:
+        # gr.Error renders HTML, and the message may quote the caller's input.
+        raise gr.Error(
+            html.escape(str(err), quote=False), title="Invalid input", print_exception=False
+        ) from err
+
+
+def _warn_cleaned(text) -> None:
+    """A notice when control characters were removed from ``text``; errors are left to the task."""
+    try:
+        removed = inference.count_removed_characters(text)
+    except InputError:
+        return
+    if removed:
+        gr.Warning(f"Removed {removed} control character(s) from the text.")
+
+
+def _warn_truncated(truncated_tokens: int, what: str) -> None:
+    if truncated_tokens:
+        gr.Warning(
+            f"The text is longer than the model's window: the last {truncated_tokens} tokens were {what}."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Handlers
+# ---------------------------------------------------------------------------------------------------
+
+
+def speed_text(update: inference.GenerationUpdate) -> str:
+    text = (
+        f"{update.num_tokens} tokens in {update.seconds:.2f} s · **{update.tokens_per_second:.1f} tokens/s**"
+    )
+    if update.dropped_prompt_tokens:
+        text += f" · the first {update.dropped_prompt_tokens} prompt tokens were dropped to fit the window"
+    return text + (" · done" if update.done else "")
+
+
+def generate(
+    models: Models,
+    prompt: str,
+    strategy: str = "sample",
+    max_new_tokens: int | None = None,
+    temperature: float = 0.8,
+    top_k: int = 50,
+    top_p: float = 0.95,
+    repetition_penalty: float = 1.1,
+    num_beams: int = 4,
+    seed: int = 0,
+) -> Iterator[tuple[str, str]]:
+    last_shown = 0.0
+    with user_errors():
+        _warn_cleaned(prompt)
+        for update in inference.generate_stream(
+            models,
+            prompt,
+            strategy=strategy,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            num_beams=num_beams,
+            seed=seed,
+        ):
+            # Text reaches the page at most every STREAM_INTERVAL_S: a message per token multiplies
+            # Gradio's work per request by the tokens, and 10 updates a second read as smoothly.
+            now = time.monotonic()
+            if update.done or now - last_shown >= STREAM_INTERVAL_S:
+                last_shown = now
+                yield update.text, speed_text(update)
+
+
+def classify(models: Models, text: str):
+    with user_errors():
+        _warn_cleaned(text)
+        result = inference.classify(models, text)
+    _warn_truncated(result.truncated_tokens, "not read")
+    return result.probabilities, result.highlights()
+
+
+def summarize(models: Models, text: str, num_sentences: int = 3, method: str = "centroid"):
+    with user_errors():
+        _warn_cleaned(text)
+        result = inference.summarize(models, text, num_sentences, method)
+    return result.summary, result.marked()
+
+
+def attention(
+    models: Models,
+    text: str,
+    layer: int = 0,
+    head: int = 0,
+    token_index: int = -1,
+    average_heads: bool = False,
+):
+    with user_errors():
+        _warn_cleaned(text)
+        result = inference.attention(models, text, layer, head, token_index, average_heads)
+    _warn_truncated(result.truncated_tokens, "left out")
+    query = result.pieces[result.token_index]
+    heads = "all heads averaged" if result.head is None else f"head {result.head}"
+    info = (
+        f"{len(result.pieces)} pieces · attention from piece {result.token_index} "
+        f"(`{query}`) in layer {result.layer}, {heads}. Click a piece to look from it."
+    )
+    return result.highlights, result.heatmap, result.grid, info
+
+
+def select_piece(event: gr.SelectData) -> int:
+    """The index of the clicked piece of the highlighted text, as the new query."""
+    return event.index
+
+
+def last_piece() -> int:
+    """The query for a new text: its last piece, since the old index may lie past its end."""
+    return -1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layout and wiring, one function per tab
+# ---------------------------------------------------------------------------------------------------
+
+
+def generate_tab(models: Models) -> None:
+    with gr.Tab("Generate", id="generate"):
+        prompt = gr.Textbox(label="Prompt", lines=3, value=GENERATE_EXAMPLES[0], elem_id="generate-prompt")
+        gr.Examples(GENERATE_EXAMPLES, inputs=[prompt])
+        with gr.Accordion("Decoding settings", open=False):
+            strategy = gr.Radio(list(inference.STRATEGIES), value="sample", label="Strategy")
+            with gr.Row():
+                max_new_tokens = slider(
+                    1,
+                    models.max_new_tokens,
+                    value=models.default_max_new_tokens,
+                    step=1,
+                    label="max_new_tokens",
+                )
+                temperature = slider(
+                    *inference.RANGES["temperature"], value=0.8, step=0.05, label="temperature"
+                )
+                top_k = slider(*inference.RANGES["top_k"], value=50, step=1, label="top_k (0 = off)")
+            with gr.Row():
+                top_p = slider(*inference.RANGES["top_p"], value=0.95, step=0.01, label="top_p")
+                repetition_penalty = slider(
+                    *inference.RANGES["repetition_penalty"], value=1.1, step=0.05, label="repetition_penalty"
+                )
+                num_beams = slider(
+                    *inference.RANGES["num_beams"], value=4, step=1, label="num_beams (beam only)"
+                )
+                seed = gr.Number(value=0, precision=0, label="seed (-1 = random)")
+        with gr.Row():
+            run = gr.Button("Generate", variant="primary")
+            stop = gr.Button("Stop", variant="stop")
+        output = gr.Textbox(label="Continuation", lines=6, interactive=False, elem_id="generate-output")
+        speed = gr.Markdown(elem_id="generate-speed")
+
+    settings = [strategy, max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_beams, seed]
+    event = gr.on(
+        [run.click, prompt.submit],
+        partial(generate, models),
+        inputs=[prompt, *settings],
+        outputs=[output, speed],
+        api_name="generate",
+    )
+    stop.click(None, cancels=[event])
+
+
+def classify_tab(models: Models) -> None:
+    with gr.Tab("Classify", id="classify"):
+        text = gr.Textbox(label="Text", lines=3, value=CLASSIFY_EXAMPLES[0], elem_id="classify-text")
+        gr.Examples(CLASSIFY_EXAMPLES, inputs=[text])
+        run = gr.Button("Classify", variant="primary")
+        with gr.Row():
+            probabilities = gr.Label(label="Label probabilities", elem_id="classify-label")
+            pieces = gr.HighlightedText(
+                label="Evidence for the top label (red) and against it (blue): gradient x input",
+                elem_id="classify-pieces",
+            )
+
+    gr.on(
+        [run.click, text.submit],
+        partial(classify, models),
+        inputs=[text],
+        outputs=[probabilities, pieces],
+        api_name="classify",
+    )
+
+
+def summarize_tab(models: Models) -> None:
+    kind = "abstractive, from the summarizer" if models.summarizer is not None else "the picked sentences"
+    with gr.Tab("Summarize", id="summarize"):
+        text = gr.Textbox(label="Document", lines=6, value=SUMMARIZE_EXAMPLES[0], elem_id="summarize-text")
+        gr.Examples(SUMMARIZE_EXAMPLES, inputs=[text])
+        with gr.Row():
+            num_sentences = slider(
+                *inference.RANGES["num_sentences"], value=3, step=1, label="Sentences to pick"
+            )
+            method = gr.Radio(
+                list(inference.SUMMARY_METHODS),
+                value="centroid",
+                label="Sentence salience",
+                info="centroid: closeness to the document's mean embedding · attention: attention received",
+            )
+        run = gr.Button("Summarize", variant="primary")
+        summary = gr.Textbox(
+            label=f"Summary ({kind})", lines=3, interactive=False, elem_id="summarize-summary"
+        )
+        marked = gr.HighlightedText(
+            label="The document, picked sentences marked",
+            color_map={"summary": "green"},
+            elem_id="summarize-marked",
+        )
+
+    gr.on(
+        [run.click],
+        partial(summarize, models),
+        inputs=[text, num_sentences, method],
+        outputs=[summary, marked],
+        api_name="summarize",
+    )
+
+
+def attention_tab(models: Models) -> None:
+    with gr.Tab("Attention", id="attention"):
+        text = gr.Textbox(label="Text", lines=2, value=ATTENTION_EXAMPLES[0], elem_id="attention-text")
+        gr.Examples(ATTENTION_EXAMPLES, inputs=[text])
+        with gr.Row():
+            layer = slider(0, models.num_layers - 1, value=0, step=1, label="Layer")
+            head = slider(0, models.num_heads - 1, value=0, step=1, label="Head")
+            token_index = gr.Number(value=-1, precision=0, label="Query piece (-1 = last)")
+            average_heads = gr.Checkbox(value=False, label="Average the heads")
+        run = gr.Button("Show attention", variant="primary")
+        info = gr.Markdown(elem_id="attention-info")
+        highlights = gr.HighlightedText(
+            label="Attention from the query piece (click a piece to choose it)",
+            elem_id="attention-highlights",
+        )
+        heatmap = gr.Plot(label="Heatmap: queries down, keys across", elem_id="attention-heatmap")
+        grid = gr.Plot(label="Every layer and head", elem_id="attention-grid")
+
+    inputs = [text, layer, head, token_index, average_heads]
+    outputs = [highlights, heatmap, grid, info]
+    show = partial(attention, models)
+    gr.on(
+        [run.click, text.submit, layer.release, head.release, average_heads.input, token_index.submit],
+        show,
+        inputs=inputs,
+        outputs=outputs,
+        api_name="attention",
+    )
+    highlights.select(select_piece, None, token_index, api_visibility="private").then(
+        show, inputs, outputs, api_visibility="private"
+    )
+    text.change(last_piece, None, token_index, api_visibility="private", queue=False)
+
+
+def build_demo(models: Models, concurrency: int = CONCURRENCY) -> gr.Blocks:
+    """The whole demo on ``models``, queued to run ``concurrency`` jobs at once; not launched."""
+    sources = " · ".join(f"{role}: `{source}`" for role, source in models.sources.items())
+    with gr.Blocks(title="llm-memory", analytics_enabled=False) as demo:
+        gr.Markdown(
+            "# llm-memory\nA compact transformer language model with an LSTM memory layer. "
+            f"Window: {models.window} tokens · {models.num_layers} layers x {models.num_heads} heads.\n\n{sources}"
+        )
+        with gr.Tabs():
+            generate_tab(models)
+            classify_tab(models)
+            summarize_tab(models)
+            attention_tab(models)
+            memory_models = {"language model": (models.lm, models.lm_tokenizer)}
+            if (MEMORY_MODEL / "config.json").is_file():
+                memory_models["passkey fine-tuned"] = str(MEMORY_MODEL)
+            add_memory_tab(memory_models)
+    demo.queue(default_concurrency_limit=concurrency)
+    return demo
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help="Causal LM folder or Hub id (LLM_MEMORY_MODEL)."
+    )
+    parser.add_argument(
+        "--classifier",
+        default=DEFAULT_CLASSIFIER,
+        help="Sequence classifier folder or Hub id (LLM_MEMORY_CLASSIFIER).",
+    )
+    parser.add_argument(
+        "--summarizer",
+        default=DEFAULT_SUMMARIZER,
+        help="Summarization-tuned causal LM (document <|sep|> summary) for abstractive summaries (LLM_MEMORY_SUMMARIZER).",
+    )
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help="Address to serve on, e.g. 0.0.0.0 (LLM_MEMORY_HOST)."
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="Port (LLM_MEMORY_PORT; default 7860)."
+    )
+    parser.add_argument("--share", action="store_true", help="Also serve through a public Gradio share link.")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(TORCH_THREADS)
+    try:
+        models = inference.load_models(args.model, args.classifier, args.summarizer)
+    except ModelLoadError as err:
+        flag, variable = MODEL_OPTIONS[err.role]
+        sys.exit(f"error: {err}\nPass {flag} with a local model folder or a Hub model id, or set {variable}.")
+    build_demo(models).launch(server_name=args.host, server_port=args.port, share=args.share)
+
+
+if __name__ == "__main__":
+    main()

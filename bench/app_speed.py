@@ -1,0 +1,234 @@
+"""Speed of the demo as a user sees it, on this machine: the app runs in its own process and is timed over HTTP.
+
+    python bench/app_speed.py [--model PATH] [--classifier PATH] [--repeats 5] [--json PATH]
+
+- ready: seconds from ``python app.py`` to the first HTTP 200 of the page (imports and model loading);
+- first token: seconds from submitting a 200-token prompt to ``/generate`` to the first streamed text;
+- attention: seconds for ``/attention`` on a text of 256 tokens or more (cut to the model's window), the
+  plotly figures included;
+- concurrency: seconds for 16 clients' ``/generate`` requests (64 new tokens) sent at once, over the
+  seconds of one, with a short prompt and with the 200-token one.
+
+Targets: ready <= 15 s, first token <= 0.5 s, attention <= 2 s, 16 at once <= 3x one. Medians over
+``--repeats`` runs after a warm-up; the table says which targets are met.
+"""
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+from gradio_client import Client
+from transformers import AutoTokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from llm_memory import inference  # noqa: E402
+from llm_memory.data import load_movie_reviews  # noqa: E402
+
+TARGETS = {
+    "ready_s": 15.0,
+    "first_token_s": 0.5,
+    "attention_256_s": 2.0,
+    "concurrency_ratio_short": 3.0,
+    "concurrency_ratio_long": 3.0,
+}
+# The Generate tab's first example. With it, 16 requests cost mostly decoding, which batching shares; with
+# a 200-token prompt they also cost 16 prompt passes, which no batching shares (the same tokens x 16).
+SHORT_PROMPT = "The movie was"
+PROMPT_TOKENS = 200
+ATTENTION_TOKENS = 256
+NEW_TOKENS = 64
+NUM_CLIENTS = 16
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(args, port: int) -> tuple[subprocess.Popen, float]:
+    """Starts ``python app.py`` and returns it with the seconds until its page answers."""
+    command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--host", "127.0.0.1"]
+    command += ["--model", args.model, "--classifier", args.classifier]
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"app.py exited with {process.returncode}:\n{process.stderr.read()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:
+                if response.status == 200:
+                    return process, time.perf_counter() - start
+        except OSError:
+            time.sleep(0.05)
+
+
+def text_of_tokens(tokenizer, texts: list[str], num_tokens: int) -> str:
+    """The first ``num_tokens`` tokens of the joined ``texts``, as text."""
+    ids = tokenizer(" ".join(texts), add_special_tokens=False, verbose=False)["input_ids"]
+    if len(ids) < num_tokens:
+        raise SystemExit(f"The sample texts have only {len(ids)} tokens; {num_tokens} are needed.")
+    return tokenizer.decode(ids[:num_tokens])
+
+
+def first_token_seconds(client: Client, prompt: str) -> float:
+    start = time.perf_counter()
+    job = client.submit(prompt, max_new_tokens=NEW_TOKENS, seed=0, api_name="/generate")
+    for _ in job:
+        seconds = time.perf_counter() - start
+        job.cancel()
+        return seconds
+    raise RuntimeError("/generate streamed nothing")
+
+
+def generate_seconds(client: Client, prompt: str, seed: int = 0) -> float:
+    start = time.perf_counter()
+    client.predict(prompt, max_new_tokens=NEW_TOKENS, seed=seed, api_name="/generate")
+    return time.perf_counter() - start
+
+
+def concurrent_seconds(clients: list[Client], prompt: str) -> float:
+    """Seconds until all clients' requests, sent at once, are answered."""
+    barrier = threading.Barrier(len(clients) + 1)
+    errors = []
+
+    def one(index: int):
+        barrier.wait()
+        try:
+            generate_seconds(clients[index], prompt, seed=index)
+        except Exception as err:  # noqa: BLE001  (reported after the run)
+            errors.append(err)
+
+    threads = [threading.Thread(target=one, args=(index,)) for index in range(len(clients))]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(clients)} requests failed: {errors[0]}")
+    return time.perf_counter() - start
+
+
+def in_process_seconds(args, prompt: str, repeats: int) -> dict[str, float]:
+    """One and 16 generations called directly, without HTTP: what the batcher itself achieves."""
+    torch.set_num_threads(1)  # as app.py runs
+    models = inference.load_models(args.model)
+    timings = {}
+    for name, text in (("short", SHORT_PROMPT), ("long", prompt)):
+
+        def one(seed: int = 0, text=text) -> float:
+            start = time.perf_counter()
+            inference.generate(models, text, max_new_tokens=NEW_TOKENS, seed=seed)
+            return time.perf_counter() - start
+
+        def sixteen(text=text) -> float:
+            threads = [threading.Thread(target=one, args=(seed, text)) for seed in range(NUM_CLIENTS)]
+            start = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return time.perf_counter() - start
+
+        timings[f"direct_one_{name}_s"] = median(one, repeats)
+        timings[f"direct_sixteen_{name}_s"] = median(sixteen, max(1, repeats // 2))
+    return timings
+
+
+def median(function, repeats: int) -> float:
+    function()  # warm-up
+    return statistics.median(function() for _ in range(repeats))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", default=os.environ.get("LLM_MEMORY_MODEL", str(ROOT / "checkpoints/memory-lm"))
+    )
+    parser.add_argument(
+        "--classifier", default=os.environ.get("LLM_MEMORY_CLASSIFIER", str(ROOT / "checkpoints/sentiment"))
+    )
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", help="Also write the results to this file.")
+    args = parser.parse_args()
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    reviews = load_movie_reviews()["test"]["text"][:20]
+    prompt = text_of_tokens(tokenizer, reviews, PROMPT_TOKENS)
+    attention_text = text_of_tokens(tokenizer, reviews, ATTENTION_TOKENS)
+
+    port = free_port()
+    process, ready = start_app(args, port)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        clients = [Client(url, verbose=False) for _ in range(NUM_CLIENTS)]
+        client = clients[0]
+        first_token = median(lambda: first_token_seconds(client, prompt), args.repeats)
+
+        def attention_once() -> float:
+            start = time.perf_counter()
+            client.predict(attention_text, api_name="/attention")
+            return time.perf_counter() - start
+
+        attention = median(attention_once, args.repeats)
+        timings = {}
+        for name, text in (("short", SHORT_PROMPT), ("long", prompt)):
+            timings[f"one_generate_{name}_s"] = median(
+                lambda text=text: generate_seconds(client, text), args.repeats
+            )
+            timings[f"sixteen_generate_{name}_s"] = median(
+                lambda text=text: concurrent_seconds(clients, text), max(1, args.repeats // 2)
+            )
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    timings.update(in_process_seconds(args, prompt, args.repeats))
+
+    results = {"ready_s": ready, "first_token_s": first_token, "attention_256_s": attention, **timings}
+    for name in ("short", "long"):
+        results[f"concurrency_ratio_{name}"] = (
+            timings[f"sixteen_generate_{name}_s"] / timings[f"one_generate_{name}_s"]
+        )
+        results[f"direct_ratio_{name}"] = (
+            timings[f"direct_sixteen_{name}_s"] / timings[f"direct_one_{name}_s"]
+        )
+    rows = [
+        ("server ready after `python app.py`", "ready_s", "s"),
+        (f"first streamed token, {PROMPT_TOKENS}-token prompt", "first_token_s", "s"),
+        (f"attention view, {ATTENTION_TOKENS} tokens", "attention_256_s", "s"),
+    ]
+    for name, described in (("short", f"prompt {SHORT_PROMPT!r}"), ("long", f"{PROMPT_TOKENS}-token prompt")):
+        rows += [
+            (f"one /generate, {described}", f"one_generate_{name}_s", "s"),
+            (f"{NUM_CLIENTS} /generate at once, same prompt", f"sixteen_generate_{name}_s", "s"),
+            (f"{NUM_CLIENTS} at once / one", f"concurrency_ratio_{name}", "x"),
+            ("  the same, generate() in-process, no HTTP", f"direct_ratio_{name}", "x"),
+        ]
+    print(f"model: {args.model}  ·  {os.cpu_count()} CPUs  ·  medians of {args.repeats} after a warm-up\n")
+    print(f"| {'measure':<42} | {'value':>8} | {'target':>8} | met |")
+    print(f"|{'-' * 44}|{'-' * 10}|{'-' * 10}|-----|")
+    for label, key, unit in rows:
+        target = TARGETS.get(key)
+        met = "" if target is None else ("yes" if results[key] <= target else "NO")
+        target_text = "" if target is None else f"<= {target:g}{unit}"
+        print(f"| {label:<42} | {results[key]:>7.2f}{unit} | {target_text:>8} | {met:^3} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": args.model, **results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

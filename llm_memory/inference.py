@@ -1,0 +1,1036 @@
+"""The demo's tasks as plain functions: generate, classify, summarize and inspect attention.
+
+The Gradio app, the tests, the benchmarks and the command line all call these; nothing here knows about a
+UI. Every function takes the ``Models`` loaded once by ``load_models``, checks its inputs (raising
+``InputError``, whose message says what is allowed) and returns plain data.
+
+- Generation goes through ``GenerationMixin.generate``. Requests that arrive together are decoded as one
+  left-padded batch, as text-generation servers do: on this project's CPU a batch of 16 short prompts
+  decodes in about twice the time of one. Each row keeps its own settings and seed: a logits processor draws each row's token
+  with that row's temperature, top-k, top-p, repetition penalty and random generator, so a seeded
+  request gives the same text alone or batched.
+- Attributions are gradient x input on the input embeddings (Shrikumar et al., 2016), summed over the
+  tokens of each readable piece.
+- The extractive summary ranks sentences by the cosine of their mean contextual embedding to the
+  document's centroid (centroid summarization, Radev et al., 2004), or by the attention they receive;
+  an abstractive summary is generated when a checkpoint tuned on ``document <|sep|> summary`` is loaded.
+
+Shapes: L layers, nh heads, T tokens, P readable pieces, H hidden size.
+"""
+
+import argparse
+import math
+import os
+import queue
+import re
+import secrets
+import threading
+import time
+import unicodedata
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+from transformers.generation.streamers import BaseStreamer
+
+from . import attention_view
+from .tokenization import REPLACEMENT_CHAR, readable_pieces
+
+# Longer text is refused rather than cut: 20,000 characters is ~25 pages, far past every model's window.
+MAX_INPUT_CHARS = int(os.environ.get("LLM_MEMORY_MAX_CHARS", "20000"))
+# The embedded checkpoints of a repository checkout, the command line's defaults.
+CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+# The attention window of a model whose config does not say.
+FALLBACK_WINDOW = 1024
+
+STRATEGIES = ("greedy", "sample", "beam")
+SUMMARY_METHODS = ("centroid", "attention")
+# (low, high) of each parameter, inclusive. max_new_tokens is also capped by the model's window.
+RANGES = {
+    "max_new_tokens": (1, 256),
+    "temperature": (0.1, 2.0),
+    "top_k": (0, 200),  # 0 turns top-k off
+    "top_p": (0.05, 1.0),
+    "repetition_penalty": (1.0, 2.0),
+    "num_beams": (2, 8),
+    "seed": (-1, 2**31 - 1),  # -1 draws a fresh seed
+    "num_sentences": (1, 10),
+}
+DEFAULT_MAX_NEW_TOKENS = 64
+INTEGER_PARAMETERS = {
+    "max_new_tokens",
+    "top_k",
+    "num_beams",
+    "seed",
+    "num_sentences",
+    "layer",
+    "head",
+    "token_index",
+}
+# Tokens the abstractive summary may use; docstring summaries are one or two sentences.
+SUMMARY_MAX_NEW_TOKENS = 64
+
+# While the server is busy, requests arriving within this window of the first are decoded in the same
+# batch. 16 users clicking at once reach the batcher over ~0.1 s (Gradio's queue takes them one by one).
+BATCH_WINDOW_S = float(os.environ.get("LLM_MEMORY_BATCH_WINDOW_MS", "100")) / 1000
+# Rows per batch: a batch of 16 short prompts costs about twice one row on this project's CPU.
+MAX_BATCH_SIZE = int(os.environ.get("LLM_MEMORY_MAX_BATCH", "16"))
+# Batches decoded at once, each on its own thread (torch itself then uses one thread per batch). At
+# least two, so that a new request can start while a long one runs.
+GENERATION_WORKERS = int(
+    os.environ.get("LLM_MEMORY_GENERATION_WORKERS", str(max(2, min(4, os.cpu_count() or 2))))
+)
+# A request that sees no token for this long fails instead of waiting forever.
+GENERATION_TIMEOUT_S = 300.0
+
+
+class InputError(ValueError):
+    """A bad request (empty text, a parameter out of range); the message says what is allowed."""
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be loaded; ``role`` says which one (model, classifier or summarizer)."""
+
+    def __init__(self, message: str, role: str):
+        super().__init__(message)
+        self.role = role
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------------
+
+
+def clean_text(text, what: str = "text") -> str:
+    """``text`` without control characters (tabs and newlines stay); refuses empty or overlong text."""
+    if not isinstance(text, str):
+        raise InputError(f"The {what} must be a string, got {type(text).__name__}.")
+    if len(text) > MAX_INPUT_CHARS:
+        raise InputError(
+            f"The {what} is {len(text):,} characters long; the limit is {MAX_INPUT_CHARS:,} characters. "
+            "Shorten it and try again."
+        )
+    text = text.replace("\r\n", "\n")
+    # Cc are the C0/C1 controls (NUL, BEL, ESC...), Cs lone surrogates that no encoder accepts. Format
+    # characters (Cf) stay: the zero-width joiner holds emoji such as 👩‍💻 together.
+    cleaned = "".join(ch for ch in text if ch in "\t\n" or unicodedata.category(ch) not in ("Cc", "Cs"))
+    if not cleaned.strip():
+        raise InputError(f"The {what} is empty; type some text first.")
+    return cleaned
+
+
+def count_removed_characters(text: str) -> int:
+    """How many characters ``clean_text`` drops, so that a UI can say so."""
+    return len(text.replace("\r\n", "\n")) - len(clean_text(text))
+
+
+def check_number(name: str, value, low=None, high=None) -> int | float:
+    """``value`` as a number within ``RANGES[name]`` (or [low, high]); an InputError names the range."""
+    default_low, default_high = RANGES.get(name, (None, None))
+    low = default_low if low is None else low
+    high = default_high if high is None else high
+    integer = name in INTEGER_PARAMETERS
+    allowed = f"{'an integer' if integer else 'a number'} from {low} to {high}"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InputError(f"{name} must be {allowed}, got {value!r}.")
+    if integer:
+        if value != int(value):
+            raise InputError(f"{name} must be {allowed}, got {value!r}.")
+        value = int(value)
+    if not low <= value <= high:
+        raise InputError(f"{name} must be {allowed}, got {value}.")
+    return value
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise InputError(f"{name} must be one of {', '.join(choices)}; got {value!r}.")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _load(path: str, auto_class, role: str):
+    """(model, tokenizer) from a local folder or a Hub id, in eval mode with gradients off."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        if os.path.exists(path):
+            raise ModelLoadError(f"The {role} path {path!r} is a file; it must be a model folder.", role)
+        if os.path.isabs(path) or path.startswith(".") or not _HUB_ID.match(path):
+            raise ModelLoadError(f"The {role} folder {path!r} does not exist.", role)
+    elif not os.path.isfile(os.path.join(path, "config.json")):
+        raise ModelLoadError(
+            f"The {role} folder {path!r} holds no config.json, so no saved model (is it still training?).",
+            role,
+        )
+    try:
+        model = auto_class.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as err:
+        where = "folder" if os.path.isdir(path) else "folder or Hub model id"
+        raise ModelLoadError(f"Could not load the {role} from the {where} {path!r}: {err}", role) from err
+    if tokenizer.pad_token_id is None:  # GPT-2-style tokenizers: pad with eos, as generate() does
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval().requires_grad_(False), tokenizer
+
+
+def context_window(model: PreTrainedModel, tokenizer) -> int:
+    """Tokens one forward pass may hold: the model's positions, else the tokenizer's limit."""
+    window = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
+    return int(min(window, FALLBACK_WINDOW))
+
+
+def is_summarizer(model: PreTrainedModel) -> bool:
+    """A checkpoint tuned for ``document <|sep|> summary`` says so in ``config.task_specific_params``."""
+    return "summarization" in (getattr(model.config, "task_specific_params", None) or {})
+
+
+@dataclass
+class Models:
+    """Everything the tasks need, loaded once: the language model, the classifier, an optional summarizer."""
+
+    lm: PreTrainedModel
+    lm_tokenizer: object
+    classifier: PreTrainedModel | None = None
+    classifier_tokenizer: object = None
+    summarizer: PreTrainedModel | None = None
+    summarizer_tokenizer: object = None
+    sources: dict[str, str] = field(default_factory=dict)
+    batcher: "GenerationBatcher" = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.batcher = GenerationBatcher(self.lm, self.lm_tokenizer)
+
+    @property
+    def window(self) -> int:
+        return context_window(self.lm, self.lm_tokenizer)
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The largest max_new_tokens: the range's top, leaving at least one prompt token in the window."""
+        return min(RANGES["max_new_tokens"][1], self.window - 1)
+
+    @property
+    def default_max_new_tokens(self) -> int:
+        return min(DEFAULT_MAX_NEW_TOKENS, self.max_new_tokens)
+
+    @property
+    def num_layers(self) -> int:
+        return self.lm.config.num_hidden_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.lm.config.num_attention_heads
+
+
+def load_models(
+    model_path: str, classifier_path: str | None = None, summarizer_path: str | None = None
+) -> Models:
+    """Loads the language model, the classifier and an optional summarizer (local folders or Hub ids).
+
+    A language model whose config marks it as summarization-tuned also serves as the summarizer.
+    Without a classifier, everything but ``classify`` works. Raises ModelLoadError naming the model
+    that failed.
+    """
+    lm, lm_tokenizer = _load(model_path, AutoModelForCausalLM, "model")
+    sources = {"model": str(model_path)}
+    classifier, classifier_tokenizer = None, None
+    if classifier_path:
+        classifier, classifier_tokenizer = _load(
+            classifier_path, AutoModelForSequenceClassification, "classifier"
+        )
+        sources["classifier"] = str(classifier_path)
+    summarizer, summarizer_tokenizer = None, None
+    if summarizer_path:
+        summarizer, summarizer_tokenizer = _load(summarizer_path, AutoModelForCausalLM, "summarizer")
+        sources["summarizer"] = str(summarizer_path)
+    elif is_summarizer(lm):
+        summarizer, summarizer_tokenizer = lm, lm_tokenizer
+        sources["summarizer"] = str(model_path)
+    return Models(
+        lm, lm_tokenizer, classifier, classifier_tokenizer, summarizer, summarizer_tokenizer, sources
+    )
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` without special tokens; callers cut them to the window themselves."""
+    return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    strategy: str = "sample"
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float = 0.8
+    top_k: int = 50
+    top_p: float = 0.95
+    repetition_penalty: float = 1.1
+    num_beams: int = 4
+    seed: int = 0
+
+
+def check_generation_settings(models: Models, **values) -> GenerationSettings:
+    """The settings with every value checked against its range (max_new_tokens also against the window)."""
+    settings = GenerationSettings(**values)
+    checked = {"strategy": check_choice("strategy", settings.strategy, STRATEGIES)}
+    for name in (
+        "max_new_tokens",
+        "temperature",
+        "top_k",
+        "top_p",
+        "repetition_penalty",
+        "num_beams",
+        "seed",
+    ):
+        high = models.max_new_tokens if name == "max_new_tokens" else None
+        checked[name] = check_number(name, getattr(settings, name), high=high)
+    return GenerationSettings(**checked)
+
+
+@dataclass(frozen=True)
+class GenerationUpdate:
+    """The state of a generation: the text so far (prompt excluded) and its speed."""
+
+    text: str
+    num_tokens: int
+    seconds: float  # since the request was made, prompt processing included
+    done: bool
+    prompt_tokens: int
+    dropped_prompt_tokens: int  # cut from the start of the prompt to fit the window
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.num_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Row:
+    """One request inside a batch: its prompt, settings and random generator, and what it produced."""
+
+    def __init__(self, prompt_ids: list[int], settings: GenerationSettings):
+        self.prompt_ids = prompt_ids
+        self.settings = settings
+        seed = settings.seed if settings.seed >= 0 else secrets.randbelow(2**31)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.tokens: list[int] = []
+        self.events: queue.SimpleQueue = queue.SimpleQueue()  # ints (tokens so far), None (done), errors
+        self.cancelled = threading.Event()
+        self.finished = False
+
+    def finish(self):
+        if not self.finished:
+            self.finished = True
+            self.events.put(None)
+
+    def fail(self, error: BaseException):
+        if not self.finished:
+            self.finished = True
+            self.events.put(error)
+
+
+class _RowSampler(LogitsProcessor):
+    """Picks each row's next token with that row's settings, and leaves only that token possible.
+
+    generate() then runs greedily and takes it; choosing here rather than in generate() is what lets
+    every row of a batch have its own temperature, top-k, top-p, penalty and seed. Every step is
+    row-wise, so a row's choice does not depend on the other rows.
+    """
+
+    def __init__(self, rows: list[_Row], pad_lengths: list[int]):
+        self.rows = rows
+        self.pad_lengths = torch.tensor(pad_lengths)
+        settings = [row.settings for row in rows]
+        self.greedy = torch.tensor([s.strategy == "greedy" for s in settings])
+        self.temperature = torch.tensor([[s.temperature] for s in settings], dtype=torch.float32)
+        self.top_k = torch.tensor([[s.top_k] for s in settings])
+        self.top_p = torch.tensor([[s.top_p] for s in settings], dtype=torch.float32)
+        self.penalty = torch.tensor([[s.repetition_penalty] for s in settings], dtype=torch.float32)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        vocab_size = scores.shape[-1]
+        # Repetition penalty as Transformers' RepetitionPenaltyLogitsProcessor (Keskar et al., 2019), but
+        # not on pads: a pad position points at the row's first real token, which is penalized anyway.
+        positions = torch.arange(input_ids.shape[1])
+        first_real = input_ids.gather(1, self.pad_lengths[:, None])
+        seen = torch.where(positions < self.pad_lengths[:, None], first_real, input_ids)
+        seen_scores = scores.gather(1, seen)
+        penalized = torch.where(seen_scores < 0, seen_scores * self.penalty, seen_scores / self.penalty)
+        scores = scores.scatter(1, seen, penalized)
+
+        greedy_tokens = scores.argmax(-1)
+        if bool(self.greedy.all()):
+            return torch.full_like(scores, -math.inf).scatter(1, greedy_tokens[:, None], 0.0)
+
+        # Temperature, top-k, then top-p on what top-k kept, in the order of Transformers' warpers.
+        # Only the largest top_k candidates are sorted: a full sort of the vocabulary costs as much as
+        # the model's decoding step.
+        top_k = torch.where(self.top_k > 0, self.top_k, vocab_size)
+        num_candidates = int(top_k.max())
+        sorted_logits, order = (scores / self.temperature).topk(num_candidates, dim=-1)  # (B, K)
+        sorted_logits = sorted_logits.masked_fill(torch.arange(num_candidates) >= top_k, -math.inf)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # The smallest prefix whose mass reaches top_p; the first token always stays.
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= self.top_p, 0.0)
+        cdf = probs.cumsum(-1)
+        # Inverse-CDF sampling with one uniform draw from each row's own generator.
+        uniform = torch.cat([torch.rand(1, generator=row.generator) for row in self.rows])
+        index = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None]).clamp(max=num_candidates - 1)
+        tokens = torch.where(self.greedy, greedy_tokens, order.gather(1, index)[:, 0])
+        return torch.full_like(scores, -math.inf).scatter(1, tokens[:, None], 0.0)
+
+
+class _RowStopping(StoppingCriteria):
+    """Stops each row at its own max_new_tokens, or when its request is cancelled."""
+
+    def __init__(self, rows: list[_Row], prompt_length: int):
+        self.rows = rows
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        steps = input_ids.shape[1] - self.prompt_length
+        return torch.tensor(
+            [row.cancelled.is_set() or steps >= row.settings.max_new_tokens for row in self.rows],
+            device=input_ids.device,
+        )
+
+
+class _RowStreamer(BaseStreamer):
+    """Hands each row's new token to that row's request, until the row ends (eos, its limit, cancel)."""
+
+    def __init__(self, rows: list[_Row], eos_token_ids: set[int]):
+        self.rows = rows
+        self.eos_token_ids = eos_token_ids
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor):
+        if not self.prompt_seen:  # generate() first streams the prompt
+            self.prompt_seen = True
+            return
+        for row, token in zip(self.rows, value.tolist(), strict=True):
+            if row.finished:
+                continue
+            if token in self.eos_token_ids:
+                row.finish()
+                continue
+            row.tokens.append(token)
+            row.events.put(len(row.tokens))
+            if len(row.tokens) >= row.settings.max_new_tokens or row.cancelled.is_set():
+                row.finish()
+
+    def end(self):
+        for row in self.rows:
+            row.finish()
+
+
+def _eos_token_ids(model: PreTrainedModel, tokenizer) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+
+def _plain_generation_config(model, tokenizer, **values) -> GenerationConfig:
+    """A config with every default-on processor turned off, whatever the checkpoint's own config says."""
+    eos = sorted(_eos_token_ids(model, tokenizer)) or None
+    return GenerationConfig(
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        **values,
+    )
+
+
+class GenerationBatcher:
+    """Collects generation requests and decodes those that arrive together as one batch.
+
+    A collector thread waits for a request and, once one of ``num_workers`` is free, hands it to a worker
+    thread as a batch. A request that finds the server idle starts at once; one that finds others
+    running or waiting is a sign of a burst, so the collector first gathers what arrives within
+    ``window_s`` (up to ``max_batch_size`` rows). Requests arriving during a batch form the next one.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        window_s: float = BATCH_WINDOW_S,
+        num_workers: int = GENERATION_WORKERS,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.window_s = window_s
+        self.free_workers = threading.Semaphore(num_workers)
+        self.running = 0  # batches being decoded; only the collector adds, only workers subtract
+        self._running_lock = threading.Lock()
+        self.pending: queue.SimpleQueue[_Row] = queue.SimpleQueue()
+        self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        self._collector: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # of the last batches run, for tests and benchmarks
+
+    def submit(self, prompt_ids: list[int], settings: GenerationSettings) -> _Row:
+        with self._start_lock:
+            if self._collector is None:
+                self._collector = threading.Thread(
+                    target=self._collect, name="generation-batcher", daemon=True
+                )
+                self._collector.start()
+        row = _Row(prompt_ids, settings)
+        self.pending.put(row)
+        return row
+
+    def _collect(self):
+        while True:
+            self.free_workers.acquire()
+            batch = [self.pending.get()]
+            busy = self.running > 0 or not self.pending.empty()
+            deadline = time.monotonic() + (self.window_s if busy else 0.0)
+            while len(batch) < self.max_batch_size:
+                try:
+                    batch.append(self.pending.get(timeout=max(deadline - time.monotonic(), 1e-6)))
+                except queue.Empty:
+                    break
+            for row in batch:
+                if row.cancelled.is_set():
+                    row.finish()
+            batch = [row for row in batch if not row.finished]
+            if batch:
+                with self._running_lock:
+                    self.running += 1
+                threading.Thread(target=self._run, args=(batch,), daemon=True).start()
+            else:
+                self.free_workers.release()
+
+    def _run(self, batch: list[_Row]):
+        try:
+            self.batch_sizes.append(len(batch))
+            self.generate(batch)
+        except Exception as err:  # the requests must hear of any failure, or they would wait forever
+            for row in batch:
+                row.fail(err)
+        finally:
+            for row in batch:
+                row.finish()
+            with self._running_lock:
+                self.running -= 1
+            self.free_workers.release()
+
+    def generate(self, batch: list[_Row]):
+        """Decodes the rows as one left-padded batch; tokens reach each row's queue as they come."""
+        length = max(len(row.prompt_ids) for row in batch)
+        pad_lengths = [length - len(row.prompt_ids) for row in batch]
+        input_ids = torch.full((len(batch), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
+        for i, row in enumerate(batch):
+            input_ids[i, pad_lengths[i] :] = torch.tensor(row.prompt_ids)
+            attention_mask[i, pad_lengths[i] :] = 1
+        config = _plain_generation_config(
+            self.model,
+            self.tokenizer,
+            max_new_tokens=max(row.settings.max_new_tokens for row in batch),
+            do_sample=False,
+            num_beams=1,
+        )
+        with torch.no_grad():
+            self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=config,
+                logits_processor=LogitsProcessorList([_RowSampler(batch, pad_lengths)]),
+                stopping_criteria=StoppingCriteriaList([_RowStopping(batch, length)]),
+                streamer=_RowStreamer(batch, self.eos_token_ids),
+            )
+
+
+def _decode_complete(tokenizer, ids: list[int]) -> str:
+    """The text of ``ids`` up to its last whole character: a multi-byte character shows once complete."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return text.rstrip(REPLACEMENT_CHAR)
+
+
+def generate_stream(
+    models: Models,
+    prompt: str,
+    strategy: str = "sample",
+    max_new_tokens: int | None = None,
+    temperature: float = 0.8,
+    top_k: int = 50,
+    top_p: float = 0.95,
+    repetition_penalty: float = 1.1,
+    num_beams: int = 4,
+    seed: int = 0,
+) -> Iterator[GenerationUpdate]:
+    """Continues ``prompt``, yielding the generated text so far after every new token.
+
+    ``strategy`` is ``greedy``, ``sample`` (temperature, top_k, top_p; ``seed`` -1 draws a fresh seed)
+    or ``beam`` (``num_beams`` beams; yields only the final text). ``repetition_penalty`` applies to
+    all three. ``max_new_tokens`` defaults to DEFAULT_MAX_NEW_TOKENS (less in a smaller window). A
+    prompt longer than the window less ``max_new_tokens`` loses its start. Closing the iterator (a
+    stop button) ends the request's decoding.
+    """
+    start = time.perf_counter()
+    prompt = clean_text(prompt, "prompt")
+    if max_new_tokens is None:
+        max_new_tokens = models.default_max_new_tokens
+    settings = check_generation_settings(
+        models,
+        strategy=strategy,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        num_beams=num_beams,
+        seed=seed,
+    )
+    tokenizer = models.lm_tokenizer
+    ids = encode(tokenizer, prompt)
+    keep = models.window - settings.max_new_tokens
+    dropped = max(0, len(ids) - keep)
+    ids = ids[dropped:]
+
+    def update(tokens: list[int], done: bool) -> GenerationUpdate:
+        text = (
+            tokenizer.decode(tokens, skip_special_tokens=True)
+            if done
+            else _decode_complete(tokenizer, tokens)
+        )
+        return GenerationUpdate(text, len(tokens), time.perf_counter() - start, done, len(ids), dropped)
+
+    if settings.strategy == "beam":
+        yield update(_beam_search(models, ids, settings), done=True)
+        return
+
+    row = models.batcher.submit(ids, settings)
+    try:
+        shown = None
+        while True:
+            try:
+                event = row.events.get(timeout=GENERATION_TIMEOUT_S)
+            except queue.Empty:
+                raise RuntimeError(
+                    f"No token came for {GENERATION_TIMEOUT_S:.0f} s; generation stopped."
+                ) from None
+            while not isinstance(event, BaseException | type(None)) and not row.events.empty():
+                event = row.events.get()  # skip to the newest when tokens come faster than they are read
+            if isinstance(event, BaseException):
+                raise RuntimeError(f"Generation failed: {event}") from event
+            if event is None:
+                yield update(list(row.tokens), done=True)
+                return
+            current = update(row.tokens[:event], done=False)
+            if current.text != shown:
+                shown = current.text
+                yield current
+    finally:
+        row.cancelled.set()
+
+
+def _beam_search(models: Models, ids: list[int], settings: GenerationSettings) -> list[int]:
+    model, tokenizer = models.lm, models.lm_tokenizer
+    config = _plain_generation_config(
+        model,
+        tokenizer,
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=False,
+        num_beams=settings.num_beams,
+        early_stopping=True,
+    )
+    config.repetition_penalty = settings.repetition_penalty
+    with torch.no_grad():
+        output = model.generate(
+            input_ids=torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            generation_config=config,
+        )
+    tokens = output[0, len(ids) :].tolist()
+    eos = _eos_token_ids(model, tokenizer)
+    return [token for token in tokens if token not in eos and token != tokenizer.pad_token_id]
+
+
+def generate(models: Models, prompt: str, **settings) -> GenerationUpdate:
+    """The last update of ``generate_stream``: the whole generated text."""
+    final = None
+    for final in generate_stream(models, prompt, **settings):  # noqa: B007
+        pass
+    return final
+
+
+# ---------------------------------------------------------------------------------------------------
+# Classification with attributions
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassifyResult:
+    probabilities: dict[str, float]
+    label: str
+    # (piece, gradient x input summed over the piece's tokens): positive pushes towards ``label``.
+    attributions: list[tuple[str, float]]
+    truncated_tokens: int  # cut from the end of the text to fit the window
+
+    def highlights(self) -> list[tuple[str, float]]:
+        """Attributions scaled into [-1, 1] by the largest magnitude, for ``gr.HighlightedText``."""
+        peak = max((abs(score) for _, score in self.attributions), default=0.0) or 1.0
+        return [(piece, round(score / peak, 4)) for piece, score in self.attributions]
+
+
+def _label_names(model: PreTrainedModel) -> list[str]:
+    id2label = model.config.id2label or {}
+    return [str(id2label.get(i, f"LABEL_{i}")) for i in range(model.config.num_labels)]
+
+
+def classify(models: Models, text: str) -> ClassifyResult:
+    """Label probabilities for ``text`` and each readable piece's signed attribution to the top label.
+
+    The classifier reads the first window of tokens; the rest is reported in ``truncated_tokens``.
+    """
+    if models.classifier is None:
+        raise RuntimeError("No classifier is loaded; load one with load_models(..., classifier_path=...).")
+    text = clean_text(text)
+    model, tokenizer = models.classifier, models.classifier_tokenizer
+    ids = encode(tokenizer, text)
+    window = context_window(model, tokenizer)
+    truncated = max(0, len(ids) - window)
+    ids = ids[:window]
+    input_ids = torch.tensor([ids])
+    with torch.enable_grad():
+        embeddings = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)  # (1, T, H)
+        logits = model(inputs_embeds=embeddings, attention_mask=torch.ones_like(input_ids)).logits[0]
+        target = int(logits.argmax())
+        (gradient,) = torch.autograd.grad(logits[target], embeddings)
+    token_scores = (gradient * embeddings).sum(-1)[0].detach()  # (T,)
+    probabilities = torch.softmax(logits.detach().float(), dim=-1).tolist()
+    labels = _label_names(model)
+    attributions = [
+        (piece.text, float(token_scores[piece.start : piece.end].sum()))
+        for piece in readable_pieces(tokenizer, ids)
+    ]
+    return ClassifyResult(
+        dict(zip(labels, probabilities, strict=True)), labels[target], attributions, truncated
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Summarization
+# ---------------------------------------------------------------------------------------------------
+
+# A sentence runs to . ! ? (with any closing quotes or brackets) before whitespace, to a CJK full stop,
+# to a blank line, or to the end of the text.
+_CJK_STOPS = ("。", "！", "？")
+_SENTENCE = re.compile(r"\S.*?(?:[.!?][\"'”’)\]]*(?=\s|$)|[。！？]|(?=\n[ \t]*\n)|$)", re.DOTALL)
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """(start, end) character spans of the sentences of ``text``, in order."""
+    return [match.span() for match in _SENTENCE.finditer(text)]
+
+
+@dataclass
+class SummaryResult:
+    document: str
+    spans: list[tuple[int, int]]  # of each sentence in ``document``
+    picked: list[int]  # indices of the extracted sentences, in document order
+    scores: list[float]  # each sentence's salience
+    method: str
+    abstract: str | None  # generated by a summarization-tuned checkpoint, when one is loaded
+
+    @property
+    def sentences(self) -> list[str]:
+        return [self.document[start:end] for start, end in self.spans]
+
+    @property
+    def extract(self) -> str:
+        """The picked sentences, a space after each but those ending in a CJK full stop."""
+        sentences = [self.sentences[i] for i in self.picked]
+        return "".join(s + ("" if s.endswith(_CJK_STOPS) else " ") for s in sentences).rstrip()
+
+    @property
+    def summary(self) -> str:
+        """The abstract when there is one, else the extracted sentences."""
+        return self.abstract or self.extract
+
+    def marked(self) -> list[tuple[str, str | None]]:
+        """The document in (text, "summary" or None) segments, for ``gr.HighlightedText``."""
+        segments, position, picked = [], 0, set(self.picked)
+        for i, (start, end) in enumerate(self.spans):
+            if start > position:
+                segments.append((self.document[position:start], None))
+            segments.append((self.document[start:end], "summary" if i in picked else None))
+            position = end
+        if position < len(self.document):
+            segments.append((self.document[position:], None))
+        return segments
+
+
+def _windows(sentence_ids: list[list[int]], window: int) -> list[list[int]]:
+    """Packs whole sentences (indices) into windows of at most ``window`` tokens, in order."""
+    windows, current, used = [], [], 0
+    for index, ids in enumerate(sentence_ids):
+        size = min(len(ids), window)
+        if current and used + size > window:
+            windows.append(current)
+            current, used = [], 0
+        current.append(index)
+        used += size
+    if current:
+        windows.append(current)
+    return windows
+
+
+def sentence_salience(
+    models: Models, document: str, spans: list[tuple[int, int]], method: str
+) -> list[float]:
+    """Each sentence's salience under the language model, by ``centroid`` or ``attention``.
+
+    The document is read in windows of whole sentences. ``centroid``: cosine of the sentence's mean
+    final hidden state to the mean over the document. ``attention``: the mean attention each of its
+    tokens receives (over layers, heads and the queries that can see it), the first token of each
+    window left out since it collects attention regardless of its content (an attention sink).
+    """
+    model, tokenizer, window = models.lm, models.lm_tokenizer, models.window
+    # Each sentence with the whitespace before it, so that its tokens are those of the running text.
+    starts = [0] + [end for _, end in spans[:-1]]
+    sentence_ids = [
+        encode(tokenizer, document[start:end])[:window] for start, (_, end) in zip(starts, spans, strict=True)
+    ]
+    vectors, received = [None] * len(spans), [0.0] * len(spans)
+    for indices in _windows(sentence_ids, window):
+        ids = [token for i in indices for token in sentence_ids[i]]
+        with torch.no_grad():
+            output = model(
+                torch.tensor([ids]),
+                output_hidden_states=method == "centroid",
+                output_attentions=method == "attention",
+                use_cache=False,
+            )
+        if method == "centroid":
+            hidden = output.hidden_states[-1][0]  # (T, H)
+        else:
+            weights = torch.stack(output.attentions)[:, 0].float().mean(dim=(0, 1))  # (T, T)
+            length = len(ids)
+            per_token = weights.sum(0) / torch.arange(length, 0, -1)  # mean over queries i >= j
+            per_token[0] = float("nan")
+        position = 0
+        for i in indices:
+            size = len(sentence_ids[i])
+            if method == "centroid":
+                vectors[i] = (hidden[position : position + size].sum(0), size)
+            else:
+                values = per_token[position : position + size]
+                values = values[~values.isnan()]
+                received[i] = float(values.mean()) if len(values) else 0.0
+            position += size
+    if method == "attention":
+        return received
+    centroid = sum(total for total, _ in vectors) / sum(size for _, size in vectors)
+    return [
+        float(torch.nn.functional.cosine_similarity(total / size, centroid, dim=0)) for total, size in vectors
+    ]
+
+
+def summarize(
+    models: Models, text: str, num_sentences: int = 3, method: str = "centroid", abstractive: bool = True
+) -> SummaryResult:
+    """Picks the ``num_sentences`` most salient sentences (by ``method``, see ``sentence_salience``).
+
+    With ``abstractive`` and a summarizer loaded, the result also holds a generated abstract.
+    """
+    text = clean_text(text)
+    num_sentences = check_number("num_sentences", num_sentences)
+    method = check_choice("method", method, SUMMARY_METHODS)
+    spans = split_sentences(text)
+    scores = sentence_salience(models, text, spans, method)
+    ranked = sorted(range(len(spans)), key=lambda i: (-scores[i], i))
+    picked = sorted(ranked[:num_sentences])
+    abstract = _abstract(models, text) if abstractive and models.summarizer is not None else None
+    return SummaryResult(text, spans, picked, scores, method, abstract)
+
+
+def _abstract(models: Models, document: str) -> str:
+    """The summarizer's continuation of ``document <|sep|>`` up to eos (the format it was tuned on)."""
+    model, tokenizer = models.summarizer, models.summarizer_tokenizer
+    settings = (getattr(model.config, "task_specific_params", None) or {}).get("summarization", {})
+    max_new_tokens = int(settings.get("max_new_tokens", SUMMARY_MAX_NEW_TOKENS))
+    window = context_window(model, tokenizer)
+    max_new_tokens = min(max_new_tokens, window // 2)
+    sep = tokenizer.sep_token_id
+    if sep is None:
+        raise InputError(
+            "The summarizer's tokenizer has no sep token, so it cannot mark where a summary starts."
+        )
+    ids = encode(tokenizer, document)[: window - max_new_tokens - 1] + [sep]
+    config = _plain_generation_config(
+        model, tokenizer, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1
+    )
+    config.repetition_penalty = float(settings.get("repetition_penalty", 1.2))
+    with torch.no_grad():
+        output = model.generate(
+            input_ids=torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            generation_config=config,
+        )
+    return tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True).strip()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AttentionResult:
+    pieces: list[str]
+    weights: np.ndarray  # (L, nh, P, P): rows are queries, columns keys; each row sums to 1
+    layer: int
+    head: int | None  # None when the heads are averaged
+    token_index: int  # the query piece whose attention is highlighted (non-negative)
+    truncated_tokens: int  # cut from the end of the text to fit the window
+    heatmap: go.Figure
+    grid: go.Figure
+    highlights: list[tuple[str, float]]
+
+    @property
+    def selected(self) -> np.ndarray:
+        """The (P, P) matrix shown: one head, or the layer's mean over heads."""
+        layer = self.weights[self.layer]
+        return layer.mean(0) if self.head is None else layer[self.head]
+
+
+def piece_attention(token_weights: np.ndarray, pieces: Sequence) -> np.ndarray:
+    """(..., T, T) token attention to (..., P, P) piece attention.
+
+    A piece's attention as a query is the mean of its tokens' rows (so a row still sums to 1); the
+    attention it receives as a key is the sum over its tokens' columns.
+    """
+    num_tokens = token_weights.shape[-1]
+    membership = np.zeros((len(pieces), num_tokens), dtype=np.float32)  # (P, T)
+    for p, piece in enumerate(pieces):
+        membership[p, piece.start : piece.end] = 1.0
+    mean_rows = membership / membership.sum(-1, keepdims=True)
+    return mean_rows @ token_weights @ membership.T
+
+
+def attention(
+    models: Models,
+    text: str,
+    layer: int = 0,
+    head: int = 0,
+    token_index: int = -1,
+    average_heads: bool = False,
+) -> AttentionResult:
+    """The language model's attention over ``text`` at the level of readable pieces.
+
+    Returns every layer's and head's weights, a heatmap of ``layer``/``head`` (or the mean of the layer's
+    heads with ``average_heads``), a grid of all layers x heads, and the attention from the piece at
+    ``token_index`` (negative counts from the end) over the text. Text past the window is cut.
+    """
+    text = clean_text(text)
+    model, tokenizer = models.lm, models.lm_tokenizer
+    layer = check_number("layer", layer, 0, models.num_layers - 1)
+    head = check_number("head", head, 0, models.num_heads - 1)
+    if not isinstance(average_heads, bool):
+        raise InputError(f"average_heads must be true or false, got {average_heads!r}.")
+    ids = encode(tokenizer, text)
+    truncated = max(0, len(ids) - models.window)
+    ids = ids[: models.window]
+    pieces = readable_pieces(tokenizer, ids)
+    token_index = check_number("token_index", token_index, -len(pieces), len(pieces) - 1) % len(pieces)
+    with torch.no_grad():
+        output = model(torch.tensor([ids]), output_attentions=True, use_cache=False)
+    token_weights = torch.stack(output.attentions)[:, 0].float().numpy()  # (L, nh, T, T)
+    weights = piece_attention(token_weights, pieces)
+    texts = [piece.text for piece in pieces]
+    chosen_head = None if average_heads else head
+    selected = weights[layer].mean(0) if average_heads else weights[layer, head]
+    title = f"layer {layer}, " + ("mean of all heads" if average_heads else f"head {head}")
+    return AttentionResult(
+        pieces=texts,
+        weights=weights,
+        layer=layer,
+        head=chosen_head,
+        token_index=token_index,
+        truncated_tokens=truncated,
+        heatmap=attention_view.heatmap_figure(texts, selected, title),
+        grid=attention_view.grid_figure(texts, weights),
+        highlights=attention_view.highlights(texts, selected[token_index]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None):
+    parser = argparse.ArgumentParser(description="Run one demo task from the command line.")
+    parser.add_argument("task", choices=["generate", "classify", "summarize", "attention"])
+    parser.add_argument("text")
+    parser.add_argument(
+        "--model", default=os.environ.get("LLM_MEMORY_MODEL", str(CHECKPOINTS_DIR / "memory-lm"))
+    )
+    parser.add_argument(
+        "--classifier", default=os.environ.get("LLM_MEMORY_CLASSIFIER", str(CHECKPOINTS_DIR / "sentiment"))
+    )
+    parser.add_argument("--summarizer", default=os.environ.get("LLM_MEMORY_SUMMARIZER"))
+    parser.add_argument("--strategy", default="sample", choices=STRATEGIES)
+    parser.add_argument("--max_new_tokens", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_sentences", type=int, default=3)
+    parser.add_argument("--layer", type=int, default=0)
+    parser.add_argument("--head", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        models = load_models(args.model, args.classifier, args.summarizer)
+        if args.task == "generate":
+            printed = ""
+            for update in generate_stream(
+                models, args.text, strategy=args.strategy, max_new_tokens=args.max_new_tokens, seed=args.seed
+            ):
+                print(update.text[len(printed) :], end="", flush=True)
+                printed = update.text
+            print(f"\n[{update.num_tokens} tokens, {update.tokens_per_second:.1f} tokens/s]")
+        elif args.task == "classify":
+            result = classify(models, args.text)
+            print(result.label, {label: round(p, 4) for label, p in result.probabilities.items()})
+            print(" ".join(f"{piece!r}:{score:+.3f}" for piece, score in result.attributions))
+        elif args.task == "summarize":
+            result = summarize(models, args.text, args.num_sentences)
+            print(result.summary)
+        else:
+            result = attention(models, args.text, args.layer, args.head)
+            for piece, weight in result.highlights:
+                print(f"{piece!r}\t{weight:.3f}")
+    except (InputError, ModelLoadError) as err:
+        parser.exit(2, f"error: {err}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The demo in a real browser: headless Chromium driven by Playwright opens each tab, runs an example,
+waits for the result and saves a screenshot.
+
+The browser is the system's Chromium (``/usr/bin/chromium``, or ``LLM_MEMORY_CHROMIUM``); Playwright never
+downloads one. Without it the tests fail rather than skip, so that a CI without a browser is noticed.
+Screenshots go to a temporary folder, and also to ``LLM_MEMORY_SCREENSHOTS`` when that is set. Every
+page also checks that the browser asked nothing of any host but the app: plotly.js and the fonts ship
+with Gradio, and the demo must work offline.
+"""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+from test_app import free_port, load_app_module
+from test_inference import one_torch_thread, save_tiny_checkpoints  # noqa: F401  (an autouse fixture)
+
+from llm_memory import inference
+
+CHROMIUM = os.environ.get("LLM_MEMORY_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# Model calls on a busy 2-core machine; generous, since a timeout here says nothing about the UI.
+RESULT_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def app():
+    return load_app_module()
+
+
+@pytest.fixture(scope="module")
+def app_url(app, tokenizer, tmp_path_factory):
+    checkpoints = save_tiny_checkpoints(tmp_path_factory.mktemp("browser-checkpoints"), tokenizer)
+    models = inference.load_models(checkpoints["model"], checkpoints["classifier"], checkpoints["summarizer"])
+    demo = app.build_demo(models)
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        pytest.fail(
+            f"No Chromium at {CHROMIUM}. Install it (apt-get install chromium) or set LLM_MEMORY_CHROMIUM to "
+            "its path; this test never downloads a browser."
+        )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def screenshot_dirs(tmp_path_factory) -> list[Path]:
+    folders = [tmp_path_factory.mktemp("screenshots")]
+    if os.environ.get("LLM_MEMORY_SCREENSHOTS"):
+        folders.append(Path(os.environ["LLM_MEMORY_SCREENSHOTS"]))
+        folders[-1].mkdir(parents=True, exist_ok=True)
+    return folders
+
+
+@pytest.fixture
+def page(browser, app_url, screenshot_dirs):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(app_url)
+    expect(page.get_by_role("tab", name="Generate")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    page.requested = requested
+    yield page
+    context.close()
+
+
+def open_tab_and_run_example(page, tab: str, example: str, button: str) -> None:
+    page.get_by_role("tab", name=tab).click()
+    # An example is a button named by its text, which a long example shows only the start of.
+    page.get_by_role("button", name=re.compile("^" + re.escape(example[:40]))).click()
+    page.get_by_role("button", name=button, exact=True).click()
+
+
+def finish(page, app_url: str, screenshot_dirs: list[Path], name: str) -> None:
+    """Saves the screenshot and checks that every request went to the app itself."""
+    path = screenshot_dirs[0] / f"{name}.png"
+    page.screenshot(path=path, full_page=True)
+    for folder in screenshot_dirs[1:]:
+        shutil.copy2(path, folder / path.name)
+    assert path.stat().st_size > 10_000
+    foreign = [url for url in page.requested if not url.startswith((app_url, "data:", "blob:"))]
+    assert not foreign, f"the page requested other hosts: {foreign}"
+
+
+def test_generate_tab_streams_a_continuation(page, app_url, screenshot_dirs):
+    open_tab_and_run_example(page, "Generate", "I watched this film last night, and", "Generate")
+    expect(page.locator("#generate-speed")).to_contain_text("done", timeout=RESULT_TIMEOUT_MS)
+    expect(page.locator("#generate-speed")).to_contain_text("tokens/s")
+    expect(page.locator("#generate-output textarea")).not_to_have_value("")
+    finish(page, app_url, screenshot_dirs, "generate")
+
+
+def test_classify_tab_shows_labels_and_attributions(page, app_url, screenshot_dirs):
+    open_tab_and_run_example(page, "Classify", "The plot was thin, but the acting saved it 😀", "Classify")
+    expect(page.locator("#classify-label")).to_contain_text(re.compile("neg|pos"), timeout=RESULT_TIMEOUT_MS)
+    expect(page.locator("#classify-pieces")).to_contain_text("😀")
+    finish(page, app_url, screenshot_dirs, "classify")
+
+
+def test_summarize_tab_marks_the_picked_sentences(page, app, app_url, screenshot_dirs):
+    open_tab_and_run_example(page, "Summarize", app.SUMMARIZE_EXAMPLES[1], "Summarize")
+    expect(page.locator("#summarize-summary textarea")).not_to_have_value("", timeout=RESULT_TIMEOUT_MS)
+    expect(page.locator("#summarize-marked")).to_contain_text("summary")
+    finish(page, app_url, screenshot_dirs, "summarize")
+
+
+def test_attention_tab_draws_heatmaps_with_hover_on_chinese(page, app_url, screenshot_dirs):
+    open_tab_and_run_example(page, "Attention", "我喜欢编程", "Show attention")
+    expect(page.locator("#attention-info")).to_contain_text("pieces", timeout=RESULT_TIMEOUT_MS)
+    heatmap = page.locator("#attention-heatmap .js-plotly-plot")
+    expect(heatmap).to_be_visible()
+    expect(page.locator("#attention-grid .js-plotly-plot")).to_be_visible()
+    # Hovering a cell shows its weight: the figure is interactive, not a picture.
+    cells = page.locator("#attention-heatmap .nsewdrag").first
+    cells.scroll_into_view_if_needed()
+    box = cells.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
+    expect(page.locator("#attention-heatmap .hovertext")).to_contain_text("weight")
+    # Clicking the first piece makes it the query.
+    page.locator("#attention-highlights").get_by_text("我").first.click()
+    expect(page.locator("#attention-info")).to_contain_text("from piece 0", timeout=RESULT_TIMEOUT_MS)
+    finish(page, app_url, screenshot_dirs, "attention")

@@ -1,0 +1,456 @@
+"""The demo's task functions on tiny random models: parity with generate(), input checks, attributions,
+summaries and attention at the level of readable pieces. Nothing is downloaded."""
+
+import threading
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from llm_memory import (
+    MemoryTransformerConfig,
+    MemoryTransformerForCausalLM,
+    MemoryTransformerForSequenceClassification,
+    attention_view,
+    inference,
+)
+from llm_memory.inference import InputError, ModelLoadError
+from llm_memory.tokenization import REPLACEMENT_CHAR, Piece
+
+TINY_WINDOW = 64
+LABELS = {0: "neg", 1: "pos"}
+
+
+def tiny_config(tokenizer, **overrides) -> MemoryTransformerConfig:
+    values = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=TINY_WINDOW,
+        use_lstm=True,
+    )
+    values.update(overrides)
+    return MemoryTransformerConfig(**values)
+
+
+def save_tiny_checkpoints(root, tokenizer) -> dict[str, str]:
+    """Random tiny checkpoints in ``root``: a causal LM, a neg/pos classifier and a summarizer-flagged LM."""
+    torch.manual_seed(0)
+    folders = {}
+    models = {
+        "model": MemoryTransformerForCausalLM(tiny_config(tokenizer)),
+        "classifier": MemoryTransformerForSequenceClassification(
+            tiny_config(tokenizer, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+        ),
+        "summarizer": MemoryTransformerForCausalLM(
+            tiny_config(tokenizer, task_specific_params={"summarization": {"max_new_tokens": 12}})
+        ),
+    }
+    for role, model in models.items():
+        folder = root / role
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        folders[role] = str(folder)
+    return folders
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread per call, as the app runs: on a small busy CPU, two per call wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tokenizer, tmp_path_factory):
+    return save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"), tokenizer)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_checkpoints):
+    return inference.load_models(tiny_checkpoints["model"], tiny_checkpoints["classifier"])
+
+
+@pytest.fixture(scope="module")
+def models_with_summarizer(tiny_checkpoints):
+    return inference.load_models(
+        tiny_checkpoints["model"], tiny_checkpoints["classifier"], tiny_checkpoints["summarizer"]
+    )
+
+
+# --- loading -----------------------------------------------------------------------------------------
+
+
+def test_load_models_reads_folders(models, tiny_checkpoints):
+    assert models.window == TINY_WINDOW
+    assert models.max_new_tokens == TINY_WINDOW - 1
+    assert (models.num_layers, models.num_heads) == (2, 4)
+    assert models.summarizer is None
+    assert not models.lm.training and not any(p.requires_grad for p in models.lm.parameters())
+
+
+def test_summarization_flag_in_config_makes_the_model_its_own_summarizer(tiny_checkpoints):
+    models = inference.load_models(tiny_checkpoints["summarizer"], tiny_checkpoints["classifier"])
+    assert models.summarizer is models.lm
+
+
+@pytest.mark.parametrize("role", ["model", "classifier", "summarizer"])
+@pytest.mark.parametrize(
+    ("folder", "message"), [("missing", "does not exist"), ("empty", "holds no config.json")]
+)
+def test_missing_or_empty_model_folder_is_a_clear_error(tiny_checkpoints, tmp_path, role, folder, message):
+    paths = dict(tiny_checkpoints)
+    paths[role] = str(tmp_path / folder)
+    if folder == "empty":
+        (tmp_path / folder).mkdir()
+    with pytest.raises(ModelLoadError, match=message) as info:
+        inference.load_models(paths["model"], paths["classifier"], paths["summarizer"])
+    assert info.value.role == role
+    assert str(tmp_path / folder) in str(info.value)
+
+
+# --- input checks ------------------------------------------------------------------------------------
+
+
+def test_clean_text_strips_control_characters_and_keeps_emoji():
+    assert inference.clean_text("a\x00b\x07c\x1b[0m\r\nd\te") == "abc[0m\nd\te"
+    assert inference.clean_text("👩\u200d💻 我喜欢编程") == "👩\u200d💻 我喜欢编程"
+    assert inference.clean_text("lone \ud800 surrogate") == "lone  surrogate"
+    assert inference.count_removed_characters("a\x00b") == 1
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t", "\x00\x01\x02", None, 42])
+def test_empty_or_non_text_is_refused(text):
+    with pytest.raises(InputError, match="empty|must be a string"):
+        inference.clean_text(text)
+
+
+def test_overlong_text_is_refused_with_the_limit():
+    with pytest.raises(InputError, match=f"limit is {inference.MAX_INPUT_CHARS:,} characters"):
+        inference.clean_text("x" * (inference.MAX_INPUT_CHARS + 1))
+
+
+BAD_SETTINGS = [
+    ("max_new_tokens", 0, "from 1 to 63"),
+    ("max_new_tokens", TINY_WINDOW, "from 1 to 63"),
+    ("max_new_tokens", 2.5, "an integer"),
+    ("temperature", 0.0, "from 0.1 to 2.0"),
+    ("temperature", float("nan"), "from 0.1 to 2.0"),
+    ("top_k", -1, "from 0 to 200"),
+    ("top_p", 1.5, "from 0.05 to 1.0"),
+    ("repetition_penalty", 0.5, "from 1.0 to 2.0"),
+    ("num_beams", 9, "from 2 to 8"),
+    ("seed", -2, "from -1 to"),
+    ("seed", True, "an integer"),
+    ("strategy", "nucleus", "one of greedy, sample, beam"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), BAD_SETTINGS)
+def test_generation_settings_out_of_range(models, name, value, message):
+    with pytest.raises(InputError, match=name) as info:
+        next(inference.generate_stream(models, "hello", **{name: value}))
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(layer=2), "layer must be an integer from 0 to 1"),
+        (dict(head=-1), "head must be an integer from 0 to 3"),
+        (dict(token_index=99), "token_index must be an integer from"),
+        (dict(average_heads="yes"), "average_heads must be true or false"),
+    ],
+)
+def test_attention_settings_out_of_range(models, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        inference.attention(models, "hello world", **kwargs)
+
+
+def test_summary_settings_out_of_range(models):
+    with pytest.raises(InputError, match="num_sentences must be an integer from 1 to 10"):
+        inference.summarize(models, "One. Two.", num_sentences=11)
+    with pytest.raises(InputError, match="method must be one of centroid, attention"):
+        inference.summarize(models, "One. Two.", method="lead")
+
+
+# --- generation --------------------------------------------------------------------------------------
+
+
+def hf_generate(models, prompt, **kwargs) -> str:
+    ids = models.lm_tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+    output = models.lm.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=0, **kwargs)
+    return models.lm_tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def test_greedy_stream_equals_generate(models):
+    updates = list(inference.generate_stream(models, "The movie was", strategy="greedy", max_new_tokens=12))
+    expected = hf_generate(
+        models, "The movie was", max_new_tokens=12, do_sample=False, repetition_penalty=1.1
+    )
+    assert updates[-1].done and updates[-1].text == expected
+    assert all(not update.done for update in updates[:-1])
+    # Each update extends the last: a stream, not a series of unrelated texts.
+    for before, after in zip(updates, updates[1:], strict=False):
+        assert after.text.startswith(before.text) and after.num_tokens >= before.num_tokens
+    assert updates[-1].tokens_per_second > 0
+
+
+def test_sampling_with_top_k_1_is_greedy(models):
+    greedy = inference.generate(models, "我喜欢编程", strategy="greedy", max_new_tokens=10).text
+    top1 = inference.generate(
+        models, "我喜欢编程", strategy="sample", top_k=1, seed=-1, max_new_tokens=10
+    ).text
+    assert top1 == greedy
+
+
+def test_seeded_sampling_is_the_same_alone_and_in_a_batch(models, monkeypatch):
+    settings = dict(strategy="sample", max_new_tokens=10, temperature=1.5, top_k=0, top_p=1.0, seed=7)
+    alone = inference.generate(models, "The movie was", **settings).text
+    assert inference.generate(models, "The movie was", **settings).text == alone
+    assert models.batcher.batch_sizes[-1] == 1
+
+    # With a generation running, the batcher waits its window for more: the four requests below
+    # become one batch of rows of different lengths, each with its own settings.
+    monkeypatch.setattr(models.batcher, "window_s", 0.5)
+    busy = inference.generate_stream(models, "Keep the server busy", strategy="greedy", max_new_tokens=60)
+    next(busy)
+    results = {}
+    prompts = {
+        "a": "The movie was",
+        "b": "A much longer prompt than the others, to pad the rest",
+        "c": "Hi",
+        "d": "😀",
+    }
+
+    def run(key):
+        seed = 7 if key == "a" else 1
+        results[key] = inference.generate(models, prompts[key], **{**settings, "seed": seed}).text
+
+    threads = [threading.Thread(target=run, args=(key,)) for key in prompts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    busy.close()
+    assert list(models.batcher.batch_sizes)[-1] == 4
+    assert results["a"] == alone
+
+
+def test_beam_search_equals_generate(models):
+    updates = list(
+        inference.generate_stream(models, "The movie was", strategy="beam", num_beams=3, max_new_tokens=8)
+    )
+    expected = hf_generate(
+        models,
+        "The movie was",
+        max_new_tokens=8,
+        do_sample=False,
+        num_beams=3,
+        early_stopping=True,
+        repetition_penalty=1.1,
+    )
+    assert len(updates) == 1 and updates[0].done
+    assert updates[0].text == expected
+
+
+def test_long_prompt_loses_its_start_and_max_new_tokens_holds(models):
+    prompt = "word " * 200
+    final = inference.generate(models, prompt, strategy="greedy", max_new_tokens=10)
+    num_ids = len(inference.encode(models.lm_tokenizer, prompt))
+    assert final.prompt_tokens == TINY_WINDOW - 10
+    assert final.dropped_prompt_tokens == num_ids - (TINY_WINDOW - 10)
+    assert final.num_tokens <= 10
+
+
+def test_closing_a_stream_cancels_it_and_the_next_request_runs(models):
+    stream = inference.generate_stream(models, "The movie was", strategy="greedy", max_new_tokens=60)
+    next(stream)
+    stream.close()
+    final = inference.generate(models, "The movie was", strategy="greedy", max_new_tokens=5)
+    assert final.done and final.num_tokens <= 5
+
+
+def test_stream_never_shows_half_a_character(models):
+    for update in inference.generate_stream(models, "我喜欢", strategy="sample", seed=3, max_new_tokens=30):
+        if not update.done:
+            assert not update.text.endswith(REPLACEMENT_CHAR)
+
+
+# --- classification ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["A wonderful film.", "我喜欢编程", "👩\u200d💻 writes code 🎉"])
+def test_classify_gives_probabilities_and_a_score_per_whole_piece(models, text):
+    result = inference.classify(models, text)
+    assert set(result.probabilities) == {"neg", "pos"}
+    assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert result.label == max(result.probabilities, key=result.probabilities.get)
+    assert "".join(piece for piece, _ in result.attributions) == text
+    assert all(REPLACEMENT_CHAR not in piece for piece, _ in result.attributions)
+    scaled = [score for _, score in result.highlights()]
+    assert max(abs(score) for score in scaled) == pytest.approx(1.0)
+
+
+def test_attributions_are_gradient_times_input(models):
+    """First order: f(x) - f((1 - eps) x) = eps * sum over tokens of x . grad f(x) = eps * sum of attributions."""
+    text = "A wonderful film with a dull end"
+    result = inference.classify(models, text)
+    target = list(result.probabilities).index(result.label)
+    ids = torch.tensor([inference.encode(models.classifier_tokenizer, text)])
+    embeddings = models.classifier.get_input_embeddings()(ids).double()
+    classifier = models.classifier.double()
+    try:
+        eps = 1e-4
+        with torch.no_grad():
+            full = classifier(inputs_embeds=embeddings).logits[0, target]
+            shrunk = classifier(inputs_embeds=embeddings * (1 - eps)).logits[0, target]
+    finally:
+        classifier.float()
+    total = sum(score for _, score in result.attributions)
+    assert float(full - shrunk) / eps == pytest.approx(total, rel=1e-2, abs=1e-4)
+
+
+def test_classify_cuts_text_past_the_window(models):
+    result = inference.classify(models, "word " * 100)
+    assert result.truncated_tokens > 0
+    assert sum(len(piece) for piece, _ in result.attributions) < len("word " * 100)
+
+
+# --- summarization -----------------------------------------------------------------------------------
+
+
+def test_split_sentences():
+    text = "Hello world. Is it? 3.14 is pi! 我喜欢编程。你呢？\n\nA paragraph without a stop\nstill going"
+    sentences = [text[start:end] for start, end in inference.split_sentences(text)]
+    assert sentences == [
+        "Hello world.",
+        "Is it?",
+        "3.14 is pi!",
+        "我喜欢编程。",
+        "你呢？",
+        "A paragraph without a stop\nstill going",
+    ]
+
+
+@pytest.mark.parametrize("method", inference.SUMMARY_METHODS)
+def test_summarize_picks_sentences_in_document_order(models, method):
+    document = " ".join(f"Sentence number {i} talks about topic {i % 3}." for i in range(12))
+    result = inference.summarize(models, document, num_sentences=3, method=method)
+    assert len(result.picked) == 3 and result.picked == sorted(result.picked)
+    assert len(result.scores) == len(result.sentences) == 12
+    best = sorted(range(12), key=lambda i: -result.scores[i])[:3]
+    assert sorted(best) == result.picked
+    assert result.summary == result.extract == " ".join(result.sentences[i] for i in result.picked)
+    assert result.abstract is None
+    assert "".join(text for text, _ in result.marked()) == document
+    assert sum(label == "summary" for _, label in result.marked()) == 3
+
+
+def test_summarize_reads_a_document_longer_than_the_window(models):
+    document = " ".join(f"Line {i} of a long text about memory." for i in range(60))
+    result = inference.summarize(models, document, num_sentences=2)
+    assert len(result.sentences) == 60 and len(result.picked) == 2
+
+
+def test_summarize_with_fewer_sentences_than_asked(models):
+    result = inference.summarize(models, "只有一句话。", num_sentences=5)
+    assert result.picked == [0] and result.extract == "只有一句话。"
+
+
+def test_abstractive_summary_from_a_summarizer(models_with_summarizer):
+    result = inference.summarize(
+        models_with_summarizer, "One fact. Another fact. A third fact.", num_sentences=1
+    )
+    assert isinstance(result.abstract, str)
+    assert result.summary == (result.abstract or result.extract)
+
+
+# --- attention ---------------------------------------------------------------------------------------
+
+
+def test_piece_attention_means_query_rows_and_sums_key_columns():
+    tokens = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    pieces = [Piece("ab", 0, 2), Piece("c", 2, 3)]
+    expected = np.array([[(1.0 + 0.0 + 0.5 + 0.5) / 2, 0.0], [0.2 + 0.3, 0.5]])
+    np.testing.assert_allclose(inference.piece_attention(tokens, pieces), expected)
+
+
+def test_pool_averages_blocks_of_pieces():
+    weights = np.arange(25, dtype=np.float32).reshape(1, 1, 5, 5)
+    pooled, block = attention_view.pool(weights, max_cells=2)
+    assert block == 3 and pooled.shape == (1, 1, 2, 2)
+    assert pooled[0, 0, 0, 0] == pytest.approx(weights[0, 0, :3, :3].mean())
+    assert pooled[0, 0, 1, 1] == pytest.approx(weights[0, 0, 3:, 3:].mean())  # the short last block
+    assert attention_view.pool(weights, max_cells=5)[1] == 1
+
+
+def test_grid_of_a_long_text_is_pooled(models):
+    result = inference.attention(models, "word " * 60)
+    num_pieces = len(result.pieces)
+    assert num_pieces > attention_view.GRID_MAX_CELLS
+    cells = np.asarray(result.grid.data[0].z).shape[0]
+    assert cells < num_pieces and cells <= attention_view.GRID_MAX_CELLS
+    assert np.asarray(result.heatmap.data[0].z).shape == (num_pieces, num_pieces)  # the heatmap is not
+
+
+@pytest.mark.parametrize("text", ["我喜欢编程", "The cat sat on the mat.", "👩\u200d💻 and 🇫🇷 stay whole"])
+def test_attention_is_causal_row_normalised_and_by_whole_pieces(models, text):
+    result = inference.attention(models, text, layer=1, head=2, token_index=-1)
+    num_pieces = len(result.pieces)
+    assert "".join(result.pieces) == text
+    assert all(REPLACEMENT_CHAR not in piece for piece in result.pieces)
+    assert result.weights.shape == (2, 4, num_pieces, num_pieces)
+    np.testing.assert_allclose(result.weights.sum(-1), 1.0, rtol=1e-5)
+    assert np.allclose(np.triu(result.weights, k=1), 0.0)
+    assert result.token_index == num_pieces - 1
+    np.testing.assert_allclose(result.selected, result.weights[1, 2])
+    weights = [weight for _, weight in result.highlights]
+    assert max(weights) == pytest.approx(1.0)
+    assert isinstance(result.heatmap, go.Figure) and isinstance(result.grid, go.Figure)
+    assert len(result.grid.data) == 2 * 4
+    assert np.asarray(result.heatmap.data[0].z).shape == (num_pieces, num_pieces)
+
+
+def test_attention_of_single_token_pieces_equals_the_models_weights(models):
+    text = "the cat sat on a mat"
+    ids = inference.encode(models.lm_tokenizer, text)
+    result = inference.attention(models, text)
+    assert len(result.pieces) == len(ids)  # every piece one token here
+    with torch.no_grad():
+        attentions = models.lm(torch.tensor([ids]), output_attentions=True).attentions
+    np.testing.assert_allclose(result.weights, torch.stack(attentions)[:, 0].numpy(), atol=1e-6)
+
+
+def test_attention_head_average(models):
+    result = inference.attention(
+        models, "The cat sat on the mat.", layer=0, token_index=2, average_heads=True
+    )
+    assert result.head is None and result.token_index == 2
+    np.testing.assert_allclose(result.selected, result.weights[0].mean(0))
+
+
+def test_attention_cuts_text_past_the_window(models):
+    result = inference.attention(models, "word " * 100)
+    assert result.truncated_tokens > 0
+    assert result.weights.shape[-1] <= TINY_WINDOW
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+
+def test_command_line(tiny_checkpoints, capsys):
+    paths = ["--model", tiny_checkpoints["model"], "--classifier", tiny_checkpoints["classifier"]]
+    inference.main(["classify", "A wonderful film", *paths])
+    assert capsys.readouterr().out.split()[0] in {"neg", "pos"}
+    inference.main(["generate", "The movie was", "--max_new_tokens", "4", *paths])
+    assert "tokens/s" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        inference.main(["summarize", "   ", *paths])
+    assert info.value.code == 2
+    assert "empty" in capsys.readouterr().err
