@@ -321,6 +321,15 @@ class BenchArguments:
         metadata={"help": "Windows per truncated-BPTT segment in training; default: all of them."},
     )
     learning_rate: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate."})
+    train_distances: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated distances of the training probes; default: the evaluated ones."},
+    )
+    save_dir: str | None = field(
+        default=None,
+        metadata={"help": "Save the fine-tuned --save_variant model and its tokenizer to this folder."},
+    )
+    save_variant: str = field(default="lstm", metadata={"help": "Which fine-tuned variant --save_dir keeps."})
     align: bool = field(
         default=True,
         metadata={
@@ -350,6 +359,8 @@ def check_arguments(args: BenchArguments) -> tuple[list[int], list[str]]:
     for variant in variants:
         if variant not in VARIANTS:
             raise BenchError(f"Unknown variant {variant!r}; choose from {', '.join(VARIANTS)}.")
+    if args.save_dir and args.save_variant not in variants:
+        raise BenchError(f"--save_variant {args.save_variant!r} is not among --variants {args.variants!r}.")
     if args.samples < 1:
         raise BenchError(f"--samples must be at least 1, got {args.samples}.")
     if args.train_steps < 0:
@@ -363,6 +374,11 @@ def check_arguments(args: BenchArguments) -> tuple[list[int], list[str]]:
 
 def run_benchmark(args: BenchArguments) -> dict:
     distances, variants = check_arguments(args)
+    train_distances = distances
+    if args.train_distances:
+        train_distances = parse_list(args.train_distances, "train_distances", int)
+        if any(d <= 0 for d in train_distances):
+            raise BenchError(f"--train_distances must all be positive, got {args.train_distances!r}.")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     config = AutoConfig.from_pretrained(args.model)
     window = args.window or config.max_position_embeddings
@@ -401,7 +417,7 @@ def run_benchmark(args: BenchArguments) -> dict:
                 model,
                 tokenizer,
                 args.task,
-                distances,
+                train_distances,
                 args.train_steps,
                 window,
                 settings,
@@ -411,6 +427,9 @@ def run_benchmark(args: BenchArguments) -> dict:
                 align=args.align,
             )
             training[variant] = [row for row in history if "loss" in row]
+            if args.save_dir and variant == args.save_variant:
+                model.save_pretrained(args.save_dir)
+                tokenizer.save_pretrained(args.save_dir)
         model.eval()
         for distance in distances:
             row = evaluate(
@@ -427,6 +446,7 @@ def run_benchmark(args: BenchArguments) -> dict:
         "samples": args.samples,
         "seed": args.seed,
         "train_steps": args.train_steps,
+        "train_distances": train_distances,
         "learning_rate": args.learning_rate,
         "bptt_windows": args.bptt_windows,
         "aligned": args.align,

@@ -80,6 +80,10 @@ def test_end_to_end(model_dir, tmp_path, capsys):
                 str(json_path),
                 "--plot_dir",
                 str(tmp_path / "plots"),
+                "--train_distances",
+                "30",
+                "--save_dir",
+                str(tmp_path / "tuned"),
             ),
         ]
     )
@@ -100,6 +104,10 @@ def test_end_to_end(model_dir, tmp_path, capsys):
         assert row["samples"] == 2
     assert report["chance"]["exact"] < 0.001 and report["chance"]["per_token"] == 0.1
     assert set(report["training_loss"]) == set(VARIANTS)
+    assert report["train_distances"] == [30]
+    assert (tmp_path / "tuned" / "config.json").is_file() and (
+        tmp_path / "tuned" / "tokenizer.json"
+    ).is_file()
     # Windows of 64: a 100-token distance is out of attention's reach, a kv fact at 40 is not.
     reach = {(row["variant"], row["distance"]): row["fact_in_reach"] for row in report["results"]}
     assert reach[("attention", 100)] == reach[("lstm+kv", 100)] == 0.0
@@ -119,6 +127,8 @@ def test_end_to_end(model_dir, tmp_path, capsys):
         (["--distances", "100,abc"], "comma-separated integers"),
         (["--variants", "attention,gru"], "Unknown variant 'gru'"),
         (["--samples", "0"], "--samples must be at least 1"),
+        (["--variants", "attention", "--save_dir", "x"], "--save_variant 'lstm' is not among"),
+        (["--train_distances", "-3"], "--train_distances must all be positive"),
         (["--distances", "5"], "shorter than the passkey question"),
     ],
 )
