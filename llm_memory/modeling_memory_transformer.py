@@ -190,11 +190,35 @@ class MemoryTransformerLSTMMemory(nn.Module):
         state: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         x = self.norm(hidden_states)
-        if token_mask is None or bool(token_mask.all()):
+        no_padding = token_mask is None or bool(token_mask.all())
+        if no_padding and x.shape[1] == 1:
+            memory, new_state = self._step(x[:, 0], state)
+        elif no_padding:
             memory, new_state = self.lstm(x, state)
         else:
             memory, new_state = self._packed(x, token_mask, state)
         return hidden_states + self.dropout(self.out_proj(memory)), new_state
+
+    def _step(self, inputs, state):
+        # One token (a decoding step): the fused sequence kernel copies all LSTM weights on every call,
+        # which costs more than the step itself; the cell function reads them in place.
+        if state is None:
+            zeros = inputs.new_zeros(self.lstm.num_layers, inputs.shape[0], self.lstm.hidden_size)
+            state = (zeros, zeros)
+        hs, cs = [], []
+        for layer in range(self.lstm.num_layers):
+            h, c = torch.lstm_cell(
+                inputs,
+                (state[0][layer], state[1][layer]),
+                getattr(self.lstm, f"weight_ih_l{layer}"),
+                getattr(self.lstm, f"weight_hh_l{layer}"),
+                getattr(self.lstm, f"bias_ih_l{layer}"),
+                getattr(self.lstm, f"bias_hh_l{layer}"),
+            )
+            hs.append(h)
+            cs.append(c)
+            inputs = h
+        return inputs[:, None], (torch.stack(hs), torch.stack(cs))
 
     def _packed(self, x, token_mask, state):
         batch_size, seq_len, _ = x.shape

@@ -463,3 +463,13 @@ def test_config_round_trips(tmp_path):
     for field in ("use_lstm", "position_embedding_type", "lstm_num_layers", "hidden_size", "layer_types"):
         assert getattr(loaded, field) == getattr(config, field)
     assert loaded.layer_types == ["full_attention", "full_attention"]
+
+
+def test_two_layer_lstm_decodes_step_by_step_like_the_full_pass():
+    model = tiny_lm(lstm_num_layers=2)
+    ids = random_ids(2, 9)
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = DynamicCache(config=model.config)
+        steps = [model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(9)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
