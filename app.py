@@ -376,7 +376,7 @@ def build_demo(models: Models, concurrency: int = CONCURRENCY) -> gr.Blocks:
             memory_models = {"language model": (models.lm, models.lm_tokenizer)}
             if (MEMORY_MODEL / "config.json").is_file():
                 memory_models["passkey fine-tuned"] = str(MEMORY_MODEL)
-            add_memory_tab(memory_models)
+            add_memory_tab(memory_models, results_dir=HERE / "bench" / "memory_results")
     demo.queue(default_concurrency_limit=concurrency)
     return demo
 

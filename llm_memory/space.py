@@ -94,6 +94,11 @@ def build_space(
         else:
             hub_models[variable] = str(source)
 
+    # The Memory tab's fine-tuned model and its last benchmark curves travel too, when they exist.
+    for extra in (REPO_DIR / "checkpoints" / "memory-passkey", REPO_DIR / "bench" / "memory_results"):
+        if extra.is_dir():
+            shutil.copytree(extra, out / extra.relative_to(REPO_DIR), ignore=SKIPPED)
+
     for name in TEMPLATE_FILES:
         shutil.copy2(TEMPLATE_DIR / name, out / name)
     readme = (out / "README.md").read_text(encoding="utf-8")
