@@ -6,7 +6,8 @@
 - first token: seconds from submitting a 200-token prompt to ``/generate`` to the first streamed text;
 - attention: seconds for ``/attention`` on a text of 256 tokens or more (cut to the model's window), the
   plotly figures included;
-- concurrency: seconds for 16 clients' ``/generate`` requests (64 new tokens) sent at once, over the
+- concurrency: seconds for 16 clients' ``/generate`` requests (``--new_tokens``, default 128 as in
+  ``model_speed.py``) sent at once, over the
   seconds of one, with a short prompt and with the 200-token one.
 
 Targets: ready <= 15 s, first token <= 0.5 s, attention <= 2 s, 16 at once <= 3x one. Medians over
@@ -46,7 +47,7 @@ TARGETS = {
 SHORT_PROMPT = "The movie was"
 PROMPT_TOKENS = 200
 ATTENTION_TOKENS = 256
-NEW_TOKENS = 64
+NEW_TOKENS = 128  # --new_tokens
 NUM_CLIENTS = 16
 
 
@@ -163,8 +164,11 @@ def main():
         "--classifier", default=os.environ.get("LLM_MEMORY_CLASSIFIER", str(ROOT / "checkpoints/sentiment"))
     )
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--new_tokens", type=int, default=NEW_TOKENS, help="new tokens per /generate request")
     parser.add_argument("--json", help="Also write the results to this file.")
     args = parser.parse_args()
+    global NEW_TOKENS
+    NEW_TOKENS = args.new_tokens
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     reviews = load_movie_reviews()["test"]["text"][:20]
