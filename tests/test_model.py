@@ -473,3 +473,16 @@ def test_two_layer_lstm_decodes_step_by_step_like_the_full_pass():
         cache = DynamicCache(config=model.config)
         steps = [model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(9)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_residual_projections_get_gpt2_scaled_init():
+    torch.manual_seed(0)
+    config = tiny_config(hidden_size=64, intermediate_size=256, num_hidden_layers=4)
+    model = MemoryTransformerForCausalLM(config)
+    scaled = config.initializer_range / (2 * config.num_hidden_layers) ** 0.5
+    block = model.model.layers[0]
+    for weight in (block.attn.o_proj.weight, block.mlp.fc_out.weight):
+        assert weight.std().item() == pytest.approx(scaled, rel=0.1)
+    assert block.attn.qkv_proj.weight.std().item() == pytest.approx(config.initializer_range, rel=0.1)
+    forget_gate = model.model.memory.lstm.bias_ih_l0[config.hidden_size : 2 * config.hidden_size]
+    assert torch.all(forget_gate == 1.0)

@@ -84,6 +84,7 @@ class MemoryTransformerAttention(nn.Module):
         # One fused projection for q, k and v: one matmul instead of three, as in GPT-2.
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.o_proj.residual_projection = True  # read by _init_weights
 
     def forward(
         self,
@@ -128,6 +129,7 @@ class MemoryTransformerMLP(nn.Module):
         self.fc_in = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = ACT2FN[config.hidden_act]
         self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc_out.residual_projection = True  # read by _init_weights
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.fc_out(self.act(self.fc_in(hidden_states)))
@@ -269,15 +271,10 @@ class MemoryTransformerPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         std = self.config.initializer_range
-        if isinstance(module, MemoryTransformerAttention):
+        # Only modules that hold parameters of their own come here, so the projections carry a flag.
+        if getattr(module, "residual_projection", False):
             # GPT-2: residual projections scaled by 1/sqrt(2 * layers) keep the residual stream's variance flat.
-            init.normal_(
-                module.o_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.num_hidden_layers)
-            )
-        elif isinstance(module, MemoryTransformerMLP):
-            init.normal_(
-                module.fc_out.weight, mean=0.0, std=std / math.sqrt(2 * self.config.num_hidden_layers)
-            )
+            init.normal_(module.weight, mean=0.0, std=std / math.sqrt(2 * self.config.num_hidden_layers))
         elif isinstance(module, nn.LSTM):
             # A forget-gate bias of 1 lets the memory hold its state from the start (Jozefowicz et al., 2015).
             for name, param in module.named_parameters():
