@@ -236,7 +236,17 @@ def accuracy_figure(report: dict):
             )
         )
     figure.add_hline(y=report["chance"]["exact"], line_dash="dot", annotation_text="chance")
-    figure.add_vline(x=report["window"], line_dash="dash", annotation_text="attention window")
+    # A trace, not add_vline: on a log axis plotly places shapes by log10(x), which would push it off the chart.
+    figure.add_trace(
+        go.Scatter(
+            x=[report["window"], report["window"]],
+            y=[0, 1],
+            mode="lines",
+            line={"dash": "dash", "color": "black", "width": 1},
+            name="attention window",
+            hoverinfo="skip",
+        )
+    )
     figure.update_layout(
         title=f"{report['task']}: recall against distance to the fact",
         xaxis={

@@ -142,3 +142,24 @@ def test_bad_input_gives_one_clear_error(arguments, message, model_dir, capsys):
 def test_missing_model_folder(tmp_path, capsys):
     assert main(["--model", str(tmp_path / "nowhere")]) == 2
     assert "Model folder" in capsys.readouterr().err
+
+
+def test_accuracy_figure_keeps_the_window_line_on_the_log_axis():
+    from llm_memory.memory_bench import accuracy_figure
+
+    report = {
+        "task": "passkey",
+        "window": 256,
+        "distances": [128, 1024],
+        "variants": ["lstm"],
+        "chance": {"exact": 1e-5},
+        "results": [
+            {"variant": "lstm", "distance": d, "accuracy": a, "token_accuracy": a, "fact_in_reach": 0.0}
+            for d, a in ((128, 0.5), (1024, 0.25))
+        ],
+    }
+    figure = accuracy_figure(report)
+    # Shapes on a log axis are placed by log10(x): a vline at x=256 would stretch the axis to 1e256.
+    assert all(shape.xref != "x" or shape.x0 <= 1024 for shape in figure.layout.shapes)
+    window = [trace for trace in figure.data if trace.name == "attention window"]
+    assert len(window) == 1 and list(window[0].x) == [256, 256]
