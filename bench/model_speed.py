@@ -149,7 +149,6 @@ def build_ours(args: argparse.Namespace, use_lstm: bool) -> PreTrainedModel:
         position_embedding_type="learned",
         use_lstm=use_lstm,
         lstm_num_layers=args.lstm_num_layers,
-        hidden_act="gelu_new",
         hidden_dropout=0.0,
         attention_dropout=0.0,
         layer_norm_eps=1e-5,

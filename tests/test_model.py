@@ -202,7 +202,8 @@ def test_too_long_input_for_learned_positions_is_refused():
 
 
 def test_matches_gpt2_with_the_same_weights():
-    """With learned positions, no LSTM and gelu_new, the math is GPT-2's: same logits, same greedy tokens."""
+    """With learned positions and no LSTM, the math is GPT-2's (our GELU is its tanh form, fused):
+    same logits, same greedy tokens."""
     config = tiny_config(use_lstm=False)
     ours = MemoryTransformerForCausalLM(config).eval()
     gpt2 = GPT2LMHeadModel(
