@@ -156,6 +156,7 @@ def median(function, repeats: int) -> float:
 
 
 def main():
+    global NEW_TOKENS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--model", default=os.environ.get("LLM_MEMORY_MODEL", str(ROOT / "checkpoints/memory-lm"))
@@ -167,7 +168,6 @@ def main():
     parser.add_argument("--new_tokens", type=int, default=NEW_TOKENS, help="new tokens per /generate request")
     parser.add_argument("--json", help="Also write the results to this file.")
     args = parser.parse_args()
-    global NEW_TOKENS
     NEW_TOKENS = args.new_tokens
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
