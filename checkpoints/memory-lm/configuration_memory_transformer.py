@@ -44,7 +44,8 @@ class MemoryTransformerConfig(PreTrainedConfig):
     rope_theta: float = 10000.0
     use_lstm: bool = True
     lstm_num_layers: int = 1
-    hidden_act: str = "gelu_new"
+    # GPT-2's GELU (tanh approximation, same values as "gelu_new"), computed by PyTorch's fused kernel.
+    hidden_act: str = "gelu_pytorch_tanh"
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     layer_norm_eps: float = 1e-5
