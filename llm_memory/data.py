@@ -556,6 +556,33 @@ def prepare_lm_dataset(
     return grouped
 
 
+def encode_label_column(
+    raw: Dataset | DatasetDict, label_column: str
+) -> tuple[Dataset | DatasetDict, list[str]]:
+    """Gives the label column one ClassLabel across all splits; returns the data and the class names.
+
+    Class names are sorted, so every split gets the same ids; integer labels 0..k-1 keep their ids and
+    are named by them.
+    """
+    splits = list(raw.values()) if isinstance(raw, DatasetDict) else [raw]
+    feature = splits[0].features[label_column]
+    if isinstance(feature, ClassLabel):
+        return raw, list(feature.names)
+    if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
+        names = sorted({label for split in splits for label in split[label_column]})
+        return raw.cast_column(label_column, ClassLabel(names=names)), names
+    if isinstance(feature, Value) and feature.dtype.startswith(("int", "uint")):
+        values = [int(label) for split in splits for label in split[label_column]]
+        if min(values, default=0) < 0:
+            raise DataError(
+                f"Column {label_column!r} holds negative class ids; classes must be 0, 1, ... or names."
+            )
+        return raw, [str(i) for i in range(max(values, default=-1) + 1)]
+    raise DataError(
+        f"Column {label_column!r} must hold class names or integer class ids for classification, not {feature}."
+    )
+
+
 def prepare_classification_dataset(
     raw: Dataset | DatasetDict,
     tokenizer,
@@ -565,13 +592,7 @@ def prepare_classification_dataset(
 ) -> Dataset | DatasetDict:
     """input_ids, attention_mask and integer labels; string labels are encoded as classes first."""
     check_columns(raw, [text_column, label_column])
-    first_split = next(iter(raw.values())) if isinstance(raw, DatasetDict) else raw
-    label = first_split.features[label_column]
-    if isinstance(label, Value) and label.dtype in ("string", "large_string"):
-        # One sorted set of names across all splits, so every split gets the same label ids.
-        splits = raw.values() if isinstance(raw, DatasetDict) else [raw]
-        names = sorted({value for split in splits for value in split[label_column]})
-        raw = raw.cast_column(label_column, ClassLabel(names=names))
+    raw, _ = encode_label_column(raw, label_column)
     fn_kwargs = {
         "tokenizer": tokenizer,
         "max_length": max_length,

@@ -54,7 +54,7 @@ import datasets
 import numpy as np
 import torch
 import transformers
-from datasets import ClassLabel, DatasetDict, Value
+from datasets import DatasetDict
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -489,28 +489,8 @@ def task_columns(data_args: DataTrainingArguments) -> list[str]:
 
 
 def encode_labels(raw: DatasetDict, label_column: str) -> tuple[DatasetDict, list[str]]:
-    """Gives the label column one ClassLabel across splits; returns it and the class names.
-
-    Class names are sorted; integer labels 0..k-1 keep their ids and are named by them.
-    """
-    feature = raw["train"].features[label_column]
-    if isinstance(feature, ClassLabel):
-        names = list(feature.names)
-    elif isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
-        names = sorted({label for split in raw.values() for label in split[label_column]})
-        raw = raw.cast_column(label_column, ClassLabel(names=names))
-    elif isinstance(feature, Value) and feature.dtype.startswith(("int", "uint")):
-        values = [int(label) for split in raw.values() for label in split[label_column]]
-        if min(values) < 0:
-            raise data.DataError(
-                f"Column {label_column!r} holds negative class ids; classes must be 0, 1, ... or names."
-            )
-        names = [str(i) for i in range(max(values) + 1)]
-    else:
-        raise data.DataError(
-            f"Column {label_column!r} must hold class names or integer class ids for classification, "
-            f"not {feature}."
-        )
+    """One ClassLabel across splits (``data.encode_label_column``), checked to hold two classes or more."""
+    raw, names = data.encode_label_column(raw, label_column)
     seen = sorted({int(label) for label in raw["train"][label_column]})
     if len(seen) < 2:
         only = ", ".join(names[i] for i in seen) or "none"
