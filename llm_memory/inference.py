@@ -95,6 +95,9 @@ MAX_BATCH_SIZE = int(os.environ.get("LLM_MEMORY_MAX_BATCH", "16"))
 GENERATION_WORKERS = int(
     os.environ.get("LLM_MEMORY_GENERATION_WORKERS", str(max(2, min(4, os.cpu_count() or 2))))
 )
+# A running batch with room takes in new requests while it has made at most this many tokens: its rows
+# then read their prompt and tokens so far again, which costs little while they are short.
+REBATCH_MAX_TOKENS = int(os.environ.get("LLM_MEMORY_REBATCH_MAX_TOKENS", "64"))
 # A request that sees no token for this long fails instead of waiting forever.
 GENERATION_TIMEOUT_S = 300.0
 
@@ -404,16 +407,23 @@ class _RowSampler(LogitsProcessor):
 
 
 class _RowStopping(StoppingCriteria):
-    """Stops each row at its own max_new_tokens, or when its request is cancelled."""
+    """Stops each row at its own max_new_tokens or when its request is cancelled, and stops the whole
+    batch when it is asked to make room for new requests (``batch.rebatch``)."""
 
-    def __init__(self, rows: list[_Row], prompt_length: int):
-        self.rows = rows
+    def __init__(self, batch: "_Batch", prompt_length: int):
+        self.batch = batch
         self.prompt_length = prompt_length
+        # Tokens each row may still add in this call; a row back from an earlier batch has some already.
+        self.budgets = [row.settings.max_new_tokens - len(row.tokens) for row in batch.rows]
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         steps = input_ids.shape[1] - self.prompt_length
+        rebatch = self.batch.rebatch.is_set()
         return torch.tensor(
-            [row.cancelled.is_set() or steps >= row.settings.max_new_tokens for row in self.rows],
+            [
+                rebatch or row.cancelled.is_set() or steps >= budget
+                for row, budget in zip(self.batch.rows, self.budgets, strict=True)
+            ],
             device=input_ids.device,
         )
 
@@ -442,8 +452,16 @@ class _RowStreamer(BaseStreamer):
                 row.finish()
 
     def end(self):
-        for row in self.rows:
-            row.finish()
+        pass  # the batcher finishes the rows: those of a batch stopped to take new requests go on
+
+
+@dataclass(eq=False)
+class _Batch:
+    """Rows being decoded together. ``rebatch`` asks the batch to stop after its current token so that
+    its unfinished rows can continue in one batch with requests that arrived since."""
+
+    rows: list[_Row]
+    rebatch: threading.Event = field(default_factory=threading.Event)
 
 
 def _eos_token_ids(model: PreTrainedModel, tokenizer) -> set[int]:
@@ -466,12 +484,17 @@ def _plain_generation_config(model, tokenizer, **values) -> GenerationConfig:
 
 
 class GenerationBatcher:
-    """Collects generation requests and decodes those that arrive together as one batch.
+    """Decodes generation requests that arrive together as one batch, and lets new requests join it.
 
-    A collector thread waits for a request and, once one of ``num_workers`` is free, hands it to a worker
-    thread as a batch. A request that finds the server idle starts at once; one that finds others
-    running or waiting is a sign of a burst, so the collector first gathers what arrives within
-    ``window_s`` (up to ``max_batch_size`` rows). Requests arriving during a batch form the next one.
+    A collector thread waits for requests. One that finds the server idle starts at once; one that
+    finds others running or waiting is a sign of a burst, so the collector first gathers what arrives
+    within ``window_s``. If a running batch has room and none of its rows has more than
+    ``rebatch_max_tokens`` tokens yet, it is asked to stop after its current token; its unfinished
+    rows then continue (their tokens so far read as prompt, their random generators where they were)
+    in one batch with the new requests, up to ``max_batch_size`` rows. So a burst of users who reach
+    the server one by one is decoded as one batch, not as a queue of small ones, at the cost of
+    reading the first rows' prompts again. Otherwise the new requests form their own batch once one
+    of ``num_workers`` is free.
     """
 
     def __init__(
@@ -481,80 +504,112 @@ class GenerationBatcher:
         max_batch_size: int = MAX_BATCH_SIZE,
         window_s: float = BATCH_WINDOW_S,
         num_workers: int = GENERATION_WORKERS,
+        rebatch_max_tokens: int = REBATCH_MAX_TOKENS,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.window_s = window_s
-        self.free_workers = threading.Semaphore(num_workers)
-        self.running = 0  # batches being decoded; only the collector adds, only workers subtract
-        self._running_lock = threading.Lock()
-        self.pending: queue.SimpleQueue[_Row] = queue.SimpleQueue()
+        self.num_workers = num_workers
+        self.rebatch_max_tokens = rebatch_max_tokens
+        self._state = threading.Condition()  # guards the two lists below
+        self.waiting: list[_Row] = []  # rows not being decoded: new requests, and rows back from a rebatch
+        self.running: list[_Batch] = []
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         self._collector: threading.Thread | None = None
-        self._start_lock = threading.Lock()
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # of the last batches run, for tests and benchmarks
+        self.rebatches = 0  # batches stopped to take in new requests
 
     def submit(self, prompt_ids: list[int], settings: GenerationSettings) -> _Row:
-        with self._start_lock:
+        row = _Row(prompt_ids, settings)
+        with self._state:
             if self._collector is None:
                 self._collector = threading.Thread(
                     target=self._collect, name="generation-batcher", daemon=True
                 )
                 self._collector.start()
-        row = _Row(prompt_ids, settings)
-        self.pending.put(row)
+            self.waiting.append(row)
+            self._state.notify_all()
         return row
 
     def _collect(self):
         while True:
-            self.free_workers.acquire()
-            batch = [self.pending.get()]
-            busy = self.running > 0 or not self.pending.empty()
-            deadline = time.monotonic() + (self.window_s if busy else 0.0)
-            while len(batch) < self.max_batch_size:
-                try:
-                    batch.append(self.pending.get(timeout=max(deadline - time.monotonic(), 1e-6)))
-                except queue.Empty:
-                    break
-            for row in batch:
-                if row.cancelled.is_set():
-                    row.finish()
-            batch = [row for row in batch if not row.finished]
-            if batch:
-                with self._running_lock:
-                    self.running += 1
-                threading.Thread(target=self._run, args=(batch,), daemon=True).start()
-            else:
-                self.free_workers.release()
+            with self._state:
+                self._state.wait_for(lambda: self.waiting)
+                busy = bool(self.running) or len(self.waiting) > 1
+            if busy:  # a burst: let the rest of it arrive
+                time.sleep(self.window_s)
+            with self._state:
+                self._drop_cancelled()
+                joinable = [batch for batch in self.running if self._can_join(batch)]
+                if self.waiting and joinable:
+                    # The youngest batch with room takes the new rows: it stops, its rows come back first.
+                    joinable[-1].rebatch.set()
+                    self.rebatches += 1
+                self._state.wait_for(
+                    lambda: (
+                        len(self.running) < self.num_workers
+                        and not any(batch.rebatch.is_set() for batch in self.running)
+                    )
+                )
+                self._drop_cancelled()
+                if not self.waiting:
+                    continue
+                batch = _Batch(self.waiting[: self.max_batch_size])
+                del self.waiting[: self.max_batch_size]
+                self.running.append(batch)
+            threading.Thread(target=self._run, args=(batch,), daemon=True).start()
 
-    def _run(self, batch: list[_Row]):
+    def _can_join(self, batch: _Batch) -> bool:
+        rows = [row for row in batch.rows if not row.finished]
+        return (
+            bool(rows)
+            and len(rows) + len(self.waiting) <= self.max_batch_size
+            and max(len(row.tokens) for row in rows) <= self.rebatch_max_tokens
+        )
+
+    def _drop_cancelled(self):
+        for row in self.waiting:
+            if row.cancelled.is_set():
+                row.finish()
+        self.waiting = [row for row in self.waiting if not row.finished]
+
+    def _run(self, batch: _Batch):
         try:
-            self.batch_sizes.append(len(batch))
+            self.batch_sizes.append(len(batch.rows))
             self.generate(batch)
         except Exception as err:  # the requests must hear of any failure, or they would wait forever
-            for row in batch:
+            for row in batch.rows:
                 row.fail(err)
         finally:
-            for row in batch:
-                row.finish()
-            with self._running_lock:
-                self.running -= 1
-            self.free_workers.release()
+            with self._state:
+                if batch.rebatch.is_set():
+                    # Stopped for new requests: the unfinished rows go first in the next batch.
+                    self.waiting = [row for row in batch.rows if not row.finished] + self.waiting
+                else:
+                    for row in batch.rows:
+                        row.finish()
+                self.running.remove(batch)
+                self._state.notify_all()
 
-    def generate(self, batch: list[_Row]):
-        """Decodes the rows as one left-padded batch; tokens reach each row's queue as they come."""
-        length = max(len(row.prompt_ids) for row in batch)
-        pad_lengths = [length - len(row.prompt_ids) for row in batch]
-        input_ids = torch.full((len(batch), length), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
-        for i, row in enumerate(batch):
-            input_ids[i, pad_lengths[i] :] = torch.tensor(row.prompt_ids)
+    def generate(self, batch: _Batch | list[_Row]):
+        """Decodes the rows as one left-padded batch; tokens reach each row's queue as they come. A row
+        continues after the tokens it already has."""
+        if not isinstance(batch, _Batch):
+            batch = _Batch(batch)
+        contexts = [row.prompt_ids + row.tokens for row in batch.rows]
+        length = max(map(len, contexts))
+        pad_lengths = [length - len(context) for context in contexts]
+        input_ids = torch.full((len(contexts), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(contexts), length), dtype=torch.long)
+        for i, context in enumerate(contexts):
+            input_ids[i, pad_lengths[i] :] = torch.tensor(context)
             attention_mask[i, pad_lengths[i] :] = 1
+        stopping = _RowStopping(batch, length)
         config = _plain_generation_config(
             self.model,
             self.tokenizer,
-            max_new_tokens=max(row.settings.max_new_tokens for row in batch),
+            max_new_tokens=max(stopping.budgets),
             do_sample=False,
             num_beams=1,
         )
@@ -563,9 +618,9 @@ class GenerationBatcher:
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 generation_config=config,
-                logits_processor=LogitsProcessorList([_RowSampler(batch, pad_lengths)]),
-                stopping_criteria=StoppingCriteriaList([_RowStopping(batch, length)]),
-                streamer=_RowStreamer(batch, self.eos_token_ids),
+                logits_processor=LogitsProcessorList([_RowSampler(batch.rows, pad_lengths)]),
+                stopping_criteria=StoppingCriteriaList([stopping]),
+                streamer=_RowStreamer(batch.rows, self.eos_token_ids),
             )
 
 

@@ -2,6 +2,7 @@
 summaries and attention at the level of readable pieces. Nothing is downloaded."""
 
 import threading
+import time
 
 import numpy as np
 import plotly.graph_objects as go
@@ -240,6 +241,80 @@ def test_seeded_sampling_is_the_same_alone_and_in_a_batch(models, monkeypatch):
     busy.close()
     assert list(models.batcher.batch_sizes)[-1] == 4
     assert results["a"] == alone
+
+
+def slow_decoding(models, monkeypatch, seconds: float = 0.02):
+    """Each forward pass of the language model takes at least ``seconds``: a request keeps running
+    long enough for others to arrive while it does."""
+    forward = models.lm.forward
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(models.lm, "forward", slow)
+
+
+def run_together(models, first: str, later: dict[str, str], settings: dict) -> dict[str, str]:
+    """Starts ``first``, and once its first token is out sends the ``later`` prompts from threads."""
+    results = {}
+    stream = inference.generate_stream(models, first, **settings)
+    next(stream)
+
+    def run(key):
+        results[key] = inference.generate(models, later[key], **settings).text
+
+    threads = [threading.Thread(target=run, args=(key,)) for key in later]
+    for thread in threads:
+        thread.start()
+    *_, last = stream
+    results["first"] = last.text
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_new_requests_join_a_young_batch_and_every_text_is_unchanged(models, monkeypatch):
+    settings = dict(strategy="sample", max_new_tokens=40, temperature=1.5, top_k=0, top_p=1.0, seed=5)
+    prompts = {"b": "A much longer prompt than the first one", "c": "😀"}
+    alone = {key: inference.generate(models, text, **settings).text for key, text in prompts.items()}
+    alone["first"] = inference.generate(models, "The movie was", **settings).text
+
+    slow_decoding(models, monkeypatch)
+    monkeypatch.setattr(models.batcher, "window_s", 0.05)
+    monkeypatch.setattr(models.batcher, "rebatch_max_tokens", 30)
+    rebatches = models.batcher.rebatches
+    together = run_together(models, "The movie was", prompts, settings)
+    # The first request's batch stopped once to take the others in; all three then ran as one batch.
+    assert models.batcher.rebatches == rebatches + 1
+    assert list(models.batcher.batch_sizes)[-1] == 3
+    # The first row went on from its own tokens and random generator: each text is the one made alone.
+    assert together == alone
+
+
+def test_an_older_batch_is_not_stopped_for_new_requests(models, monkeypatch):
+    settings = dict(strategy="greedy", max_new_tokens=40)
+    slow_decoding(models, monkeypatch)
+    monkeypatch.setattr(models.batcher, "window_s", 0.05)
+    monkeypatch.setattr(models.batcher, "rebatch_max_tokens", 0)
+    rebatches = models.batcher.rebatches
+    together = run_together(models, "The movie was", {"b": "Hi", "c": "Hello"}, settings)
+    assert models.batcher.rebatches == rebatches
+    assert list(models.batcher.batch_sizes)[-2:] == [1, 2]
+    assert together["first"] == inference.generate(models, "The movie was", **settings).text
+
+
+def test_a_request_cancelled_while_its_batch_is_stopped_ends(models, monkeypatch):
+    slow_decoding(models, monkeypatch)
+    monkeypatch.setattr(models.batcher, "window_s", 0.05)
+    first = inference.generate_stream(models, "The movie was", strategy="greedy", max_new_tokens=40)
+    next(first)
+    second = inference.generate_stream(models, "Hi", strategy="greedy", max_new_tokens=40)
+    next(second)
+    first.close()  # the first user leaves; the second request goes on alone
+    *_, last = second
+    assert last.done and last.num_tokens > 0
+    assert not models.batcher.waiting
 
 
 def test_beam_search_equals_generate(models):
