@@ -555,8 +555,7 @@ class GenerationBatcher:
                 self._drop_cancelled()
                 if not self.waiting:
                     continue
-                batch = _Batch(self.waiting[: self.max_batch_size])
-                del self.waiting[: self.max_batch_size]
+                batch = _Batch(self._next_batch())
                 self.running.append(batch)
             threading.Thread(target=self._run, args=(batch,), daemon=True).start()
 
@@ -566,7 +565,26 @@ class GenerationBatcher:
             bool(rows)
             and len(rows) + len(self.waiting) <= self.max_batch_size
             and max(len(row.tokens) for row in rows) <= self.rebatch_max_tokens
+            and self._fits(rows + self.waiting)
         )
+
+    def _fits(self, rows: list[_Row]) -> bool:
+        """Whether the rows can be decoded as one batch within the window: left-padded to the longest
+        context, every row takes a position per step until the last row is done."""
+        longest = max(len(row.prompt_ids) + len(row.tokens) for row in rows)
+        steps = max(row.settings.max_new_tokens - len(row.tokens) for row in rows)
+        return longest + steps <= self.model.config.max_position_embeddings
+
+    def _next_batch(self) -> list[_Row]:
+        """The waiting rows that go first, in order, as many as fit in one batch; the rest wait."""
+        batch, rest = [], []
+        for row in self.waiting:
+            if len(batch) < self.max_batch_size and (not batch or self._fits([*batch, row])):
+                batch.append(row)
+            else:
+                rest.append(row)
+        self.waiting = rest
+        return batch
 
     def _drop_cancelled(self):
         for row in self.waiting:

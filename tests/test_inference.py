@@ -304,6 +304,21 @@ def test_an_older_batch_is_not_stopped_for_new_requests(models, monkeypatch):
     assert together["first"] == inference.generate(models, "The movie was", **settings).text
 
 
+def test_rows_that_would_overrun_the_window_together_are_not_batched(models, monkeypatch):
+    # Prompts cut to the window less 30 tokens, 30 new tokens each: a row with tokens already made,
+    # left-padded beside a new one, would need more positions than the window has.
+    settings = dict(strategy="greedy", max_new_tokens=30)
+    prompt = "word " * 100
+    alone = inference.generate(models, prompt, **settings).text
+    slow_decoding(models, monkeypatch)
+    monkeypatch.setattr(models.batcher, "window_s", 0.05)
+    rebatches = models.batcher.rebatches
+    together = run_together(models, prompt, {"b": prompt}, settings)
+    assert models.batcher.rebatches == rebatches
+    assert list(models.batcher.batch_sizes)[-2:] == [1, 1]
+    assert together == {"first": alone, "b": alone}
+
+
 def test_a_request_cancelled_while_its_batch_is_stopped_ends(models, monkeypatch):
     slow_decoding(models, monkeypatch)
     monkeypatch.setattr(models.batcher, "window_s", 0.05)
