@@ -18,7 +18,6 @@ import contextlib
 import html
 import os
 import sys
-import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -153,7 +152,6 @@ def generate(
     num_beams: int = 4,
     seed: int = 0,
 ) -> Iterator[tuple[str, str]]:
-    last_shown = 0.0
     with user_errors():
         _warn_cleaned(prompt)
         for update in inference.generate_stream(
@@ -167,13 +165,11 @@ def generate(
             repetition_penalty=repetition_penalty,
             num_beams=num_beams,
             seed=seed,
-        ):
             # Text reaches the page at most every STREAM_INTERVAL_S: a message per token multiplies
             # Gradio's work per request by the tokens, and 10 updates a second read as smoothly.
-            now = time.monotonic()
-            if update.done or now - last_shown >= STREAM_INTERVAL_S:
-                last_shown = now
-                yield update.text, speed_text(update)
+            min_interval_s=STREAM_INTERVAL_S,
+        ):
+            yield update.text, speed_text(update)
 
 
 def classify(models: Models, text: str):

@@ -659,8 +659,11 @@ def generate_stream(
     repetition_penalty: float = 1.1,
     num_beams: int = 4,
     seed: int = 0,
+    min_interval_s: float = 0.0,
 ) -> Iterator[GenerationUpdate]:
-    """Continues ``prompt``, yielding the generated text so far after every new token.
+    """Continues ``prompt``, yielding the generated text so far after every new token, or at most
+    every ``min_interval_s`` (the first token and the end come at once; tokens in between are
+    decoded only when shown: a page needs ~10 updates a second, not one per token).
 
     ``strategy`` is ``greedy``, ``sample`` (temperature, top_k, top_p; ``seed`` -1 draws a fresh seed)
     or ``beam`` (``num_beams`` beams; yields only the final text). ``repetition_penalty`` applies to
@@ -701,9 +704,12 @@ def generate_stream(
         yield update(_beam_search(models, ids, settings), done=True)
         return
 
+    def ends(event) -> bool:  # None (done) or an error; ints are token counts
+        return event is None or isinstance(event, BaseException)
+
     row = models.batcher.submit(ids, settings)
     try:
-        shown = None
+        shown, next_show = None, 0.0
         while True:
             try:
                 event = row.events.get(timeout=GENERATION_TIMEOUT_S)
@@ -711,7 +717,13 @@ def generate_stream(
                 raise RuntimeError(
                     f"No token came for {GENERATION_TIMEOUT_S:.0f} s; generation stopped."
                 ) from None
-            while not isinstance(event, BaseException | type(None)) and not row.events.empty():
+            # Hold back until the next update is due, unless the generation ends first.
+            while not ends(event) and (wait := next_show - time.perf_counter()) > 0:
+                try:
+                    event = row.events.get(timeout=min(wait, GENERATION_TIMEOUT_S))
+                except queue.Empty:
+                    break
+            while not ends(event) and not row.events.empty():
                 event = row.events.get()  # skip to the newest when tokens come faster than they are read
             if isinstance(event, BaseException):
                 raise RuntimeError(f"Generation failed: {event}") from event
@@ -721,6 +733,7 @@ def generate_stream(
             current = update(row.tokens[:event], done=False)
             if current.text != shown:
                 shown = current.text
+                next_show = time.perf_counter() + min_interval_s
                 yield current
     finally:
         row.cancelled.set()
@@ -751,7 +764,8 @@ def _beam_search(models: Models, ids: list[int], settings: GenerationSettings) -
 def generate(models: Models, prompt: str, **settings) -> GenerationUpdate:
     """The last update of ``generate_stream``: the whole generated text."""
     final = None
-    for final in generate_stream(models, prompt, **settings):  # noqa: B007
+    # Only the end is wanted: no text in between is decoded.
+    for final in generate_stream(models, prompt, **settings, min_interval_s=math.inf):  # noqa: B007
         pass
     return final
 

@@ -304,6 +304,21 @@ def test_an_older_batch_is_not_stopped_for_new_requests(models, monkeypatch):
     assert together["first"] == inference.generate(models, "The movie was", **settings).text
 
 
+def test_min_interval_spaces_the_updates_and_keeps_the_text(models, monkeypatch):
+    settings = dict(strategy="greedy", max_new_tokens=20)
+    every_token = list(inference.generate_stream(models, "The movie was", **settings))
+    slow_decoding(models, monkeypatch)  # 20 tokens take over 0.4 s
+    times, updates = [], []
+    for update in inference.generate_stream(models, "The movie was", **settings, min_interval_s=0.15):
+        times.append(time.perf_counter())
+        updates.append(update)
+    assert updates[0].num_tokens == 1  # the first token is shown at once
+    assert updates[-1].done and updates[-1].text == every_token[-1].text
+    assert 2 <= len(updates) <= 5 < len(every_token)
+    gaps = [later - earlier for earlier, later in zip(times[:-2], times[1:-1], strict=True)]
+    assert all(gap >= 0.14 for gap in gaps)  # the end may come sooner; nothing else does
+
+
 def test_rows_that_would_overrun_the_window_together_are_not_batched(models, monkeypatch):
     # Prompts cut to the window less 30 tokens, 30 new tokens each: a row with tokens already made,
     # left-padded beside a new one, would need more positions than the window has.
