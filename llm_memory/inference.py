@@ -494,7 +494,9 @@ class GenerationBatcher:
     in one batch with the new requests, up to ``max_batch_size`` rows. So a burst of users who reach
     the server one by one is decoded as one batch, not as a queue of small ones, at the cost of
     reading the first rows' prompts again. Otherwise the new requests form their own batch once one
-    of ``num_workers`` is free.
+    of ``num_workers`` is free. (On a GPU, ``generate()`` streams one step behind and drops the token
+    in flight when it stops, so a row that continues after a stop has used one more random draw and
+    its sampled text can differ from the same seed run alone; on the CPU it is the same.)
     """
 
     def __init__(

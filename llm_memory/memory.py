@@ -172,6 +172,45 @@ def generate_long(
     return sequence
 
 
+@torch.no_grad()
+def chrono_init_(model: torch.nn.Module, max_steps: int, seed: int = 0) -> None:
+    """Chrono initialization of every LSTM in ``model`` (Tallec & Ollivier, 2018): forget-gate biases
+    log(U(1, max_steps - 1)) and input-gate biases their negatives, so that the cells keep what they hold
+    over spans of up to about ``max_steps`` tokens from the start, and gradients reach that far back."""
+    if max_steps < 3:
+        raise ValueError(f"max_steps must be at least 3 tokens, got {max_steps}.")
+    generator = torch.Generator().manual_seed(seed)
+    lstms = [module for module in model.modules() if isinstance(module, torch.nn.LSTM)]
+    if not lstms:
+        raise ValueError("This model has no LSTM to initialize; chrono initialization needs use_lstm=True.")
+    for lstm in lstms:
+        hidden = lstm.hidden_size
+        for layer in range(lstm.num_layers):
+            forget = torch.empty(hidden).uniform_(1, max_steps - 1, generator=generator).log()
+            bias_ih, bias_hh = getattr(lstm, f"bias_ih_l{layer}"), getattr(lstm, f"bias_hh_l{layer}")
+            # PyTorch's gate order: input, forget, cell, output; the two biases are summed.
+            bias_ih[:hidden] = -forget.to(bias_ih)
+            bias_ih[hidden : 2 * hidden] = forget.to(bias_ih)
+            bias_hh[: 2 * hidden] = 0
+
+
+@torch.no_grad()
+def shrink_window(model: PreTrainedModel, window: int) -> None:
+    """Makes ``window`` the model's attention window (``max_position_embeddings``): a model fine-tuned to
+    read window by window at ``window`` then reads that way by default, in the app too."""
+    config = model.config
+    if not 0 < window <= config.max_position_embeddings:
+        raise ValueError(f"window must be in [1, {config.max_position_embeddings}], got {window}.")
+    if window == config.max_position_embeddings:
+        return
+    if config.position_embedding_type == "learned":
+        old = model.base_model.embed_positions
+        new = torch.nn.Embedding(window, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        new.weight.copy_(old.weight[:window])
+        model.base_model.embed_positions = new
+    config.max_position_embeddings = window
+
+
 class RecurrentTrainer(Trainer):
     """A Trainer whose loss runs each (long) training sequence window by window with the memory carried,
     back-propagating through the carried state for `bptt_windows` windows at a time."""

@@ -17,7 +17,6 @@ test as greedy decoding when the answer is right, and cheaper. Usage::
 """
 
 import json
-import math
 import os
 import random
 import sys
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from datasets import Dataset
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -37,7 +37,8 @@ from transformers import (
 )
 
 from . import probes
-from .memory import RecurrentTrainer, window_size, windowed_forward
+from .data import IGNORE_INDEX
+from .memory import RecurrentTrainer, chrono_init_, shrink_window, window_size, windowed_forward
 from .probes import TASKS, Probe
 
 VARIANTS = ("attention", "lstm", "lstm+kv")
@@ -133,46 +134,93 @@ def evaluate(model, eval_probes: list[Probe], window: int, carry_kv: int, carry_
     }
 
 
+def parse_ranges(text: str, name: str) -> list[tuple[int, int]]:
+    """``"10-300,10-60,40"`` -> ``[(10, 300), (10, 60), (40, 40)]``: distance ranges, in tokens."""
+    ranges = []
+    for item in parse_list(text, name):
+        low, _, high = item[1:].partition("-")  # item[0] may be a minus sign
+        try:
+            low, high = int(item[0] + low), int(high or item[0] + low)
+        except ValueError:
+            raise BenchError(
+                f"--{name} must be comma-separated distances or ranges such as 10-300, got {text!r}."
+            ) from None
+        if not 0 < low <= high:
+            raise BenchError(f"--{name} must all be positive, low before high, got {item!r}.")
+        ranges.append((low, high))
+    return ranges
+
+
+def training_probes(
+    task: str,
+    ranges: list[tuple[int, int]],
+    steps: int,
+    batch_size: int,
+    tokenizer,
+    window: int,
+    seed: int,
+    align: bool = True,
+) -> Dataset:
+    """``steps`` batches of ``batch_size`` probes over train-split reviews, in order. Each batch draws one
+    of ``ranges``, then one distance in it (at least the question's length); its probes are made equally
+    long by more distractor text in front, so a batch needs no padding."""
+    rng = random.Random(seed)
+    distractors = probes.as_distractors(None, tokenizer, "train")
+    shortest = probes.min_distance(task, tokenizer)
+    rows = {"input_ids": [], "labels": [], "distance": []}
+    for _ in range(steps):
+        low, high = rng.choice(ranges)
+        distance = max(shortest, rng.randint(low, high))
+        batch = [
+            probes.make_probe(task, distance, tokenizer, rng, distractors, align_to=window if align else None)
+            for _ in range(batch_size)
+        ]
+        length = max(len(probe.input_ids) + len(probe.answer_ids) for probe in batch)
+        for probe in batch:
+            extra = length - len(probe.input_ids) - len(probe.answer_ids)
+            probe = probes.lengthen(probe, extra, tokenizer, distractors, rng)
+            rows["input_ids"].append(probe.input_ids + probe.answer_ids)
+            rows["labels"].append([IGNORE_INDEX] * len(probe.input_ids) + probe.answer_ids)
+            rows["distance"].append(probe.distance)
+    return Dataset.from_dict(rows)
+
+
 def fine_tune(
     model,
     tokenizer,
     task: str,
-    distances: list[int],
+    ranges: list[tuple[int, int]],
     steps: int,
     window: int,
     settings: dict,
     *,
     seed: int = 0,
     learning_rate: float = 1e-3,
+    batch_size: int = 1,
     bptt_windows: int | None = None,
     align: bool = True,
 ) -> list[dict]:
-    """``steps`` updates of one probe each, on probes over train-split reviews, read window by window as
-    the variant is evaluated. Returns the Trainer's log history."""
-    per_distance = math.ceil(steps / len(distances))
-    train = probes.make_probe_dataset(
-        task,
-        distances,
-        per_distance,
-        tokenizer,
-        seed=seed + 1,
-        split="train",
-        align_to=window if align else None,
-    )
+    """``steps`` updates of ``batch_size`` probes each (see ``training_probes``), read window by window as
+    the variant is evaluated: AdamW, warm-up, then a cosine decay to 5% of ``learning_rate``. Returns the
+    Trainer's log history."""
+    train = training_probes(task, ranges, steps, batch_size, tokenizer, window, seed + 1, align)
     with tempfile.TemporaryDirectory() as output_dir:
         args = TrainingArguments(
             output_dir=output_dir,
             max_steps=steps,
-            # One probe per step: probes differ in length, and RecurrentTrainer reads unpadded rows.
-            per_device_train_batch_size=1,
+            per_device_train_batch_size=batch_size,
+            train_sampling_strategy="sequential",  # the batches are built in order, equal lengths in each
             learning_rate=learning_rate,
-            warmup_steps=min(10, steps // 10),
-            logging_steps=max(1, steps // 5),
+            warmup_steps=min(50, steps // 10),
+            lr_scheduler_type="cosine_with_min_lr",
+            lr_scheduler_kwargs={"min_lr_rate": 0.05},
+            logging_steps=max(1, steps // 10),
             save_strategy="no",
             report_to="none",
             disable_tqdm=True,
             seed=seed,
             dataloader_pin_memory=False,
+            use_cpu=DEVICE == "cpu",
         )
         trainer = RecurrentTrainer(
             model=model,
@@ -333,13 +381,42 @@ class BenchArguments:
     learning_rate: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate."})
     train_distances: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated distances of the training probes; default: the evaluated ones."},
+        metadata={
+            "help": "Distances of the training probes: comma-separated distances or ranges such as "
+            "10-300; each batch draws one item, then a distance in it. Default: the evaluated ones."
+        },
+    )
+    batch_size: int = field(default=8, metadata={"help": "Probes per fine-tuning step."})
+    curriculum_steps: int = field(
+        default=0,
+        metadata={"help": "Fine-tuning steps on --curriculum_distances before the --train_steps ones."},
+    )
+    curriculum_distances: str | None = field(
+        default=None,
+        metadata={"help": "Distances (or ranges) of the curriculum steps; default: inside the window."},
+    )
+    chrono_init: int | None = field(
+        default=None,
+        metadata={
+            "help": "Before fine-tuning, chrono-initialize the LSTM gate biases for memories of up to this "
+            "many tokens (Tallec & Ollivier, 2018); by default the checkpoint's biases are kept."
+        },
+    )
+    share_fine_tune: bool = field(
+        default=False,
+        metadata={
+            "help": "Fine-tune one model, reading as --save_variant, and evaluate every variant on it "
+            "(default: each variant is fine-tuned the way it is evaluated)."
+        },
     )
     save_dir: str | None = field(
         default=None,
         metadata={"help": "Save the fine-tuned --save_variant model and its tokenizer to this folder."},
     )
-    save_variant: str = field(default="lstm", metadata={"help": "Which fine-tuned variant --save_dir keeps."})
+    save_variant: str = field(
+        default="lstm",
+        metadata={"help": "Which fine-tuned variant --save_dir keeps (and --share_fine_tune trains)."},
+    )
     align: bool = field(
         default=True,
         metadata={
@@ -369,12 +446,16 @@ def check_arguments(args: BenchArguments) -> tuple[list[int], list[str]]:
     for variant in variants:
         if variant not in VARIANTS:
             raise BenchError(f"Unknown variant {variant!r}; choose from {', '.join(VARIANTS)}.")
-    if args.save_dir and args.save_variant not in variants:
+    if args.save_variant not in VARIANTS:
+        raise BenchError(f"Unknown --save_variant {args.save_variant!r}; choose from {', '.join(VARIANTS)}.")
+    if args.save_dir and not args.share_fine_tune and args.save_variant not in variants:
         raise BenchError(f"--save_variant {args.save_variant!r} is not among --variants {args.variants!r}.")
     if args.samples < 1:
         raise BenchError(f"--samples must be at least 1, got {args.samples}.")
-    if args.train_steps < 0:
-        raise BenchError(f"--train_steps must be 0 or more, got {args.train_steps}.")
+    if args.train_steps < 0 or args.curriculum_steps < 0:
+        raise BenchError("--train_steps and --curriculum_steps must be 0 or more.")
+    if args.batch_size < 1:
+        raise BenchError(f"--batch_size must be at least 1, got {args.batch_size}.")
     if not Path(args.model).is_dir():
         raise BenchError(f"Model folder {args.model!r} not found; pass a folder written by save_pretrained.")
     if not (Path(args.model) / "config.json").is_file():
@@ -384,11 +465,6 @@ def check_arguments(args: BenchArguments) -> tuple[list[int], list[str]]:
 
 def run_benchmark(args: BenchArguments) -> dict:
     distances, variants = check_arguments(args)
-    train_distances = distances
-    if args.train_distances:
-        train_distances = parse_list(args.train_distances, "train_distances", int)
-        if any(d <= 0 for d in train_distances):
-            raise BenchError(f"--train_distances must all be positive, got {args.train_distances!r}.")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     config = AutoConfig.from_pretrained(args.model)
     window = args.window or config.max_position_embeddings
@@ -398,6 +474,14 @@ def run_benchmark(args: BenchArguments) -> dict:
         )
     if args.carry_kv is not None and not 0 <= args.carry_kv < window:
         raise BenchError(f"--carry_kv must be in [0, window={window}), got {args.carry_kv}.")
+    train_ranges = parse_ranges(args.train_distances or args.distances, "train_distances")
+    curriculum_ranges = parse_ranges(
+        args.curriculum_distances or f"1-{max(1, window // 2)}", "curriculum_distances"
+    )
+    if args.chrono_init is not None and not config.use_lstm:
+        raise BenchError("--chrono_init needs a model with an LSTM (use_lstm=true).")
+    if args.chrono_init is not None and args.chrono_init < 3:
+        raise BenchError(f"--chrono_init must be at least 3 tokens, got {args.chrono_init}.")
     if not config.use_lstm and any(v != "attention" for v in variants):
         print("note: this model has no LSTM, so the lstm variants carry nothing but keys/values.")
     # Probes first: a distance too short for the question fails before any model is loaded.
@@ -415,38 +499,57 @@ def run_benchmark(args: BenchArguments) -> dict:
     except ValueError as error:
         raise BenchError(str(error)) from None
 
+    def tuned(settings: dict):
+        """The checkpoint, fine-tuned (curriculum, then the main steps) to read as ``settings`` say."""
+        model = AutoModelForCausalLM.from_pretrained(args.model).to(DEVICE)
+        history = []
+        if args.train_steps and args.chrono_init is not None:
+            chrono_init_(model, args.chrono_init, seed=args.seed)
+        for stage, ranges, steps in (
+            ("curriculum", curriculum_ranges, args.curriculum_steps if args.train_steps else 0),
+            ("main", train_ranges, args.train_steps),
+        ):
+            if steps:
+                log = fine_tune(
+                    model,
+                    tokenizer,
+                    args.task,
+                    ranges,
+                    steps,
+                    window,
+                    settings,
+                    seed=args.seed,
+                    learning_rate=args.learning_rate,
+                    batch_size=args.batch_size,
+                    bptt_windows=args.bptt_windows,
+                    align=args.align,
+                )
+                history += [{**row, "stage": stage} for row in log if "loss" in row]
+        return model.eval(), history
+
     started, results, training = time.time(), [], {}
-    model = None
+    model = shared = None
     for variant in variants:
         settings = variant_settings(variant, window, args.carry_kv)
-        if model is None or args.train_steps:
+        if args.share_fine_tune:
+            if shared is None:
+                shared, training[args.save_variant] = tuned(
+                    variant_settings(args.save_variant, window, args.carry_kv)
+                )
+            model = shared
+        elif model is None or args.train_steps:
             # Each variant is fine-tuned from the same weights, the way it is then evaluated.
-            model = AutoModelForCausalLM.from_pretrained(args.model).to(DEVICE)
-        if args.train_steps:
-            history = fine_tune(
-                model,
-                tokenizer,
-                args.task,
-                train_distances,
-                args.train_steps,
-                window,
-                settings,
-                seed=args.seed,
-                learning_rate=args.learning_rate,
-                bptt_windows=args.bptt_windows,
-                align=args.align,
-            )
-            training[variant] = [row for row in history if "loss" in row]
-            if args.save_dir and variant == args.save_variant:
-                model.save_pretrained(args.save_dir)
-                tokenizer.save_pretrained(args.save_dir)
-        model.eval()
+            model, training[variant] = tuned(settings)
         for distance in distances:
             row = evaluate(
                 model, eval_probes[distance], window, settings["carry_kv"], settings["carry_state"]
             )
             results.append({"variant": variant, "distance": distance, **settings, **row})
             print(f"{variant:>9} distance {distance:>6}: accuracy {row['accuracy']:.2f}", flush=True)
+        if args.save_dir and not args.share_fine_tune and variant == args.save_variant:
+            save_memory_model(model, tokenizer, args.save_dir, window)
+    if args.save_dir and args.share_fine_tune:
+        save_memory_model(shared, tokenizer, args.save_dir, window)
     return {
         "task": args.task,
         "model": str(args.model),
@@ -456,7 +559,12 @@ def run_benchmark(args: BenchArguments) -> dict:
         "samples": args.samples,
         "seed": args.seed,
         "train_steps": args.train_steps,
-        "train_distances": train_distances,
+        "train_distances": args.train_distances or args.distances,
+        "batch_size": args.batch_size,
+        "curriculum_steps": args.curriculum_steps,
+        "curriculum_distances": args.curriculum_distances,
+        "chrono_init": args.chrono_init,
+        "share_fine_tune": args.share_fine_tune,
         "learning_rate": args.learning_rate,
         "bptt_windows": args.bptt_windows,
         "aligned": args.align,
@@ -465,6 +573,13 @@ def run_benchmark(args: BenchArguments) -> dict:
         "training_loss": training,
         "seconds": round(time.time() - started, 1),
     }
+
+
+def save_memory_model(model, tokenizer, folder: str, window: int) -> None:
+    """Saves a fine-tuned model whose attention window is the benchmark's ``window``."""
+    shrink_window(model, window)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def write_outputs(report: dict, json_path: Path, plot_dir: Path) -> dict[str, Path]:

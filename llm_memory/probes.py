@@ -15,6 +15,7 @@ accuracy can be read against distance, inside and beyond the attention window. E
 from a seeded ``random.Random``: the same seed gives the same probes.
 """
 
+import dataclasses
 import functools
 import random
 import re
@@ -338,6 +339,37 @@ def make_probe(
         question_start=question_start,
         distance=len(input_ids) - fact_end,
     )
+
+
+def lengthen(probe: Probe, num_tokens: int, tokenizer, distractors: Distractors, rng: random.Random) -> Probe:
+    """The same probe with ``num_tokens`` more distractor tokens in front: the distance to the fact and
+    the answer stay; probes of one batch are made equally long this way, with text rather than pads."""
+    if num_tokens <= 0:
+        return probe
+    lead = [token for part in take_tokens(distractors.stream(rng), num_tokens, cut="start") for token in part]
+    input_ids = lead + probe.input_ids
+    start, end = probe.fact_token_span
+    return dataclasses.replace(
+        probe,
+        input_ids=input_ids,
+        text=tokenizer.decode(input_ids),
+        fact_token_span=(start + num_tokens, end + num_tokens),
+        question_start=probe.question_start + num_tokens,
+    )
+
+
+@functools.cache
+def _question_lengths(task: str, tokenizer) -> tuple[int, ...]:
+    rng = random.Random(0)
+    return tuple(
+        encode_fact(tokenizer, STORIES[task](rng).question)[1][0] for _ in range(500)
+    )  # 500 stories draw every key and person of kv and qa1
+
+
+def min_distance(task: str, tokenizer) -> int:
+    """The shortest distance every probe of ``task`` allows: the longest question's prompt, in tokens."""
+    check_task(task)
+    return max(_question_lengths(task, tokenizer))
 
 
 def _interleave(rng: random.Random, sentences: list[list[int]], facts: list[list[int]]) -> list[list[int]]:

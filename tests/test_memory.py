@@ -1,5 +1,7 @@
 """Segment recurrence: window-by-window scoring, state carry-over, truncated BPTT, long generation."""
 
+import math
+
 import pytest
 import torch
 from transformers import DynamicCache
@@ -7,8 +9,10 @@ from transformers import DynamicCache
 from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
 from llm_memory.memory import (
     RecurrentTrainer,
+    chrono_init_,
     generate_long,
     score_document,
+    shrink_window,
     windowed_forward,
     windowed_logits,
 )
@@ -147,3 +151,31 @@ def test_bad_window_arguments_are_refused():
         next(windowed_forward(model, ids_of(20), carry_kv=WINDOW))
     with pytest.raises(ValueError, match="max_position_embeddings"):
         next(windowed_forward(model, ids_of(20), window=WINDOW * 2))
+
+
+def test_chrono_init_sets_gate_biases_for_long_memories():
+    model = tiny_lm(lstm_num_layers=2)
+    chrono_init_(model, 300, seed=0)
+    lstm = model.model.memory.lstm
+    hidden = lstm.hidden_size
+    for layer in range(2):
+        bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
+        forget, input_gate = bias[hidden : 2 * hidden], bias[:hidden]
+        assert float(forget.min()) >= 0 and float(forget.max()) <= math.log(299)
+        assert float(forget.max()) > math.log(50)  # some cells keep their content for hundreds of tokens
+        torch.testing.assert_close(input_gate, -forget)
+    with pytest.raises(ValueError, match="needs use_lstm=True"):
+        chrono_init_(tiny_lm(use_lstm=False), 300)
+    with pytest.raises(ValueError, match="at least 3"):
+        chrono_init_(model, 2)
+
+
+def test_shrink_window_keeps_the_first_positions():
+    model = tiny_lm()
+    ids = ids_of(8)
+    before = model(ids).logits
+    shrink_window(model, 8)
+    assert model.config.max_position_embeddings == 8 and model.model.embed_positions.num_embeddings == 8
+    torch.testing.assert_close(model(ids).logits, before)
+    with pytest.raises(ValueError, match="window must be in"):
+        shrink_window(model, 9)

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
+from llm_memory.data import IGNORE_INDEX
 from llm_memory.memory import windowed_logits
-from llm_memory.memory_bench import VARIANTS, main, run_probe, variant_settings
+from llm_memory.memory_bench import VARIANTS, main, parse_ranges, run_probe, training_probes, variant_settings
 from llm_memory.probes import Distractors, make_probe, review_texts
 
 WINDOW = 64
@@ -104,7 +105,7 @@ def test_end_to_end(model_dir, tmp_path, capsys):
         assert row["samples"] == 2
     assert report["chance"]["exact"] < 0.001 and report["chance"]["per_token"] == 0.1
     assert set(report["training_loss"]) == set(VARIANTS)
-    assert report["train_distances"] == [30]
+    assert report["train_distances"] == "30"
     assert (tmp_path / "tuned" / "config.json").is_file() and (
         tmp_path / "tuned" / "tokenizer.json"
     ).is_file()
@@ -129,6 +130,13 @@ def test_end_to_end(model_dir, tmp_path, capsys):
         (["--samples", "0"], "--samples must be at least 1"),
         (["--variants", "attention", "--save_dir", "x"], "--save_variant 'lstm' is not among"),
         (["--train_distances", "-3"], "--train_distances must all be positive"),
+        (["--train_distances", "300-10"], "low before high, got '300-10'"),
+        (["--train_distances", "10-x"], "distances or ranges such as 10-300"),
+        (["--curriculum_distances", "0-5"], "--curriculum_distances must all be positive"),
+        (["--batch_size", "0"], "--batch_size must be at least 1"),
+        (["--curriculum_steps", "-1"], "--curriculum_steps must be 0 or more"),
+        (["--chrono_init", "2"], "--chrono_init must be at least 3 tokens"),
+        (["--save_variant", "gru"], "Unknown --save_variant 'gru'"),
         (["--distances", "5"], "shorter than the passkey question"),
     ],
 )
@@ -163,3 +171,47 @@ def test_accuracy_figure_keeps_the_window_line_on_the_log_axis():
     assert all(shape.xref != "x" or shape.x0 <= 1024 for shape in figure.layout.shapes)
     window = [trace for trace in figure.data if trace.name == "attention window"]
     assert len(window) == 1 and list(window[0].x) == [256, 256]
+
+
+def test_training_batches_are_equally_long_with_the_loss_on_the_answer_only(tokenizer):
+    ranges = parse_ranges("20-40,100-120", "train_distances")
+    assert ranges == [(20, 40), (100, 120)]
+    batch_size = 3
+    data = training_probes(
+        "kv", ranges, steps=4, batch_size=batch_size, tokenizer=tokenizer, window=WINDOW, seed=1
+    )
+    assert len(data) == 4 * batch_size
+    for start in range(0, len(data), batch_size):
+        batch = data.select(range(start, start + batch_size))
+        assert len({len(ids) for ids in batch["input_ids"]}) == 1  # no padding needed
+        assert len(set(batch["distance"])) == 1  # one distance per batch
+        distance = batch["distance"][0]
+        assert any(low <= distance <= high for low, high in ranges)
+        for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+            answer = [label for label in labels if label != IGNORE_INDEX]
+            # Only the answer's digits are learned, and they end the row.
+            assert 1 <= len(answer) <= 4 and ids[-len(answer) :] == answer
+            assert labels[: -len(answer)] == [IGNORE_INDEX] * (len(labels) - len(answer))
+
+
+def test_shared_fine_tune_with_curriculum_saves_a_model_with_the_bench_window(model_dir, tmp_path, capsys):
+    json_path = tmp_path / "passkey.json"
+    window = 32  # the tiny model has 64 positions; the saved one reads 32 at a time
+    code = main(
+        [
+            *("--model", str(model_dir), "--task", "passkey", "--distances", "20,80", "--samples", "2"),
+            *("--window", "32", "--train_steps", "2", "--curriculum_steps", "2", "--batch_size", "2"),
+            *("--train_distances", "20-80", "--chrono_init", "100", "--share_fine_tune"),
+            *("--json", str(json_path), "--save_dir", str(tmp_path / "tuned")),
+        ]
+    )
+    assert code == 0
+    report = json.loads(json_path.read_text())
+    assert report["window"] == window and report["share_fine_tune"] and report["chrono_init"] == 100
+    # One model was fine-tuned, reading as the lstm variant, in two stages; every variant was evaluated.
+    assert set(report["training_loss"]) == {"lstm"}
+    assert {row["stage"] for row in report["training_loss"]["lstm"]} == {"curriculum", "main"}
+    assert {row["variant"] for row in report["results"]} == set(VARIANTS)
+    tuned = MemoryTransformerForCausalLM.from_pretrained(tmp_path / "tuned")
+    assert tuned.config.max_position_embeddings == window
+    assert tuned.model.embed_positions.weight.shape[0] == window
