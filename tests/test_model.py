@@ -249,6 +249,16 @@ def test_matches_gpt2_with_the_same_weights():
         torch.testing.assert_close(ours(ids).logits, gpt2(ids).logits, atol=1e-5, rtol=1e-5)
     kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
     assert torch.equal(ours.generate(ids[:1], **kwargs), gpt2.generate(ids[:1], **kwargs))
+    # Training too: the same loss gives the same gradients, so the two train alike from the same weights.
+    for model in (ours, gpt2):
+        model.zero_grad()
+        model(ids, labels=ids).loss.backward()
+    ours_params = dict(ours.named_parameters())
+    for name, param in gpt2.named_parameters():
+        if name in mapping:
+            grad = ours_params[mapping[name]].grad
+            is_conv1d = name.endswith(".weight") and (".attn." in name or ".mlp." in name)
+            torch.testing.assert_close(param.grad, grad.t() if is_conv1d else grad, atol=1e-6, rtol=1e-4)
 
 
 def test_save_and_load_give_identical_logits(tmp_path):
