@@ -19,6 +19,7 @@ test as greedy decoding when the answer is right, and cheaper. Usage::
 import json
 import os
 import random
+import shlex
 import sys
 import tempfile
 import time
@@ -39,6 +40,7 @@ from transformers import (
 from . import probes
 from .data import IGNORE_INDEX
 from .memory import RecurrentTrainer, chrono_init_, shrink_window, window_size, windowed_forward
+from .model_card import ModelCardInfo, build_model_card
 from .probes import TASKS, Probe
 
 VARIANTS = ("attention", "lstm", "lstm+kv")
@@ -463,7 +465,9 @@ def check_arguments(args: BenchArguments) -> tuple[list[int], list[str]]:
     return sorted(set(distances)), variants
 
 
-def run_benchmark(args: BenchArguments) -> dict:
+def run_benchmark(args: BenchArguments, command: str | None = None) -> dict:
+    """Fine-tunes, evaluates every variant at every distance and returns the report; with
+    ``--save_dir`` also saves the fine-tuned model, its card stating ``command`` and the results."""
     distances, variants = check_arguments(args)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     config = AutoConfig.from_pretrained(args.model)
@@ -528,7 +532,7 @@ def run_benchmark(args: BenchArguments) -> dict:
         return model.eval(), history
 
     started, results, training = time.time(), [], {}
-    model = shared = None
+    model = shared = kept = None
     for variant in variants:
         settings = variant_settings(variant, window, args.carry_kv)
         if args.share_fine_tune:
@@ -546,11 +550,9 @@ def run_benchmark(args: BenchArguments) -> dict:
             )
             results.append({"variant": variant, "distance": distance, **settings, **row})
             print(f"{variant:>9} distance {distance:>6}: accuracy {row['accuracy']:.2f}", flush=True)
-        if args.save_dir and not args.share_fine_tune and variant == args.save_variant:
-            save_memory_model(model, tokenizer, args.save_dir, window)
-    if args.save_dir and args.share_fine_tune:
-        save_memory_model(shared, tokenizer, args.save_dir, window)
-    return {
+        if variant == args.save_variant or args.share_fine_tune:
+            kept = model
+    report = {
         "task": args.task,
         "model": str(args.model),
         "window": window,
@@ -573,13 +575,40 @@ def run_benchmark(args: BenchArguments) -> dict:
         "training_loss": training,
         "seconds": round(time.time() - started, 1),
     }
+    if args.save_dir:
+        save_memory_model(
+            kept, tokenizer, args.save_dir, report, command or "python -m llm_memory.memory_bench"
+        )
+    return report
 
 
-def save_memory_model(model, tokenizer, folder: str, window: int) -> None:
-    """Saves a fine-tuned model whose attention window is the benchmark's ``window``."""
-    shrink_window(model, window)
+def save_memory_model(model, tokenizer, folder: str, report: dict, command: str) -> None:
+    """Saves the fine-tuned model with the benchmark's window as its own, its tokenizer, and a model
+    card with the command and the results."""
+    shrink_window(model, report["window"])
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    info = ModelCardInfo(
+        model_name=Path(folder).name,
+        task="lm",
+        metrics={},
+        command=command,
+        dataset_name=f"{report['task']} memory probes in movie reviews",
+        dataset_type=f"memory-probes-{report['task']}",
+        dataset_description=(
+            f"{report['task']} probes (`llm_memory.probes`): facts placed at set distances inside "
+            "training-split reviews of the built-in movie review corpus, read window by window with "
+            "the memory carried; the loss is on the answer only"
+        ),
+        config=model.config.to_dict(),
+        num_parameters=model.num_parameters(),
+        init_from=report["model"],
+        evaluation=(
+            "Exact-match recall against distance, on probes over test-split reviews "
+            "(`python -m llm_memory.memory_bench`):\n\n" + markdown_table(report)
+        ),
+    )
+    (Path(folder) / "README.md").write_text(build_model_card(info), encoding="utf-8")
 
 
 def write_outputs(report: dict, json_path: Path, plot_dir: Path) -> dict[str, Path]:
@@ -601,7 +630,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser(BenchArguments)
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     try:
-        report = run_benchmark(args)
+        report = run_benchmark(
+            args, "python -m llm_memory.memory_bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+        )
     except BenchError as error:
         print(f"memory_bench: error: {error}", file=sys.stderr)
         return 2

@@ -98,6 +98,8 @@ class ModelCardInfo:
     num_parameters: int | None = None
     init_from: str | None = None
     label_names: list[str] | None = None
+    # Markdown that replaces the validation-metrics table (e.g. a memory benchmark's results).
+    evaluation: str | None = None
 
 
 def describe_dataset(
@@ -239,7 +241,10 @@ def build_model_card(info: ModelCardInfo) -> str:
     sections += ["## Training data", f"{info.dataset_description}."]
 
     shown = {display: f"{info.metrics[key]:.4f}" for key, _, display in task.metrics if key in info.metrics}
-    sections += ["## Evaluation", "On the validation split:", _table(shown) if shown else "(no metrics)"]
+    if info.evaluation:
+        sections += ["## Evaluation", info.evaluation]
+    else:
+        sections += ["## Evaluation", "On the validation split:", _table(shown) if shown else "(no metrics)"]
 
     sections += [
         "## Training procedure",

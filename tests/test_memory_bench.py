@@ -215,3 +215,8 @@ def test_shared_fine_tune_with_curriculum_saves_a_model_with_the_bench_window(mo
     tuned = MemoryTransformerForCausalLM.from_pretrained(tmp_path / "tuned")
     assert tuned.config.max_position_embeddings == window
     assert tuned.model.embed_positions.weight.shape[0] == window
+    # Its model card says how it was made and what it reached.
+    card = (tmp_path / "tuned" / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: transformers" in card
+    assert "python -m llm_memory.memory_bench --model" in card and "--share_fine_tune" in card
+    assert "| variant | 20 | 80* |" in card
