@@ -369,9 +369,12 @@ def build_demo(models: Models, concurrency: int = CONCURRENCY) -> gr.Blocks:
             classify_tab(models)
             summarize_tab(models)
             attention_tab(models)
-            memory_models = {"language model": (models.lm, models.lm_tokenizer)}
+            # The checkpoint fine-tuned on the probes comes first when it is there: it is the one that
+            # remembers past its window.
+            memory_models = {}
             if (MEMORY_MODEL / "config.json").is_file():
                 memory_models["passkey fine-tuned"] = str(MEMORY_MODEL)
+            memory_models["language model"] = (models.lm, models.lm_tokenizer)
             add_memory_tab(memory_models, results_dir=HERE / "bench" / "memory_results")
     demo.queue(default_concurrency_limit=concurrency)
     return demo
