@@ -160,9 +160,14 @@ def benchmark_curves(task: str, results_dir: str | os.PathLike = RESULTS_DIR) ->
             f"No benchmark results for `{task}` at `{path}`. Run "
             f"`python -m llm_memory.memory_bench --model MODEL_FOLDER --task {task}` to make them."
         )
+    steps = report["train_steps"] + (report.get("curriculum_steps") or 0)
+    if report.get("share_fine_tune"):
+        tuning = f"one model fine-tuned for {steps} steps, read the three ways"
+    else:
+        tuning = f"{steps} fine-tuning steps per variant"
     return accuracy_figure(report), (
-        f"Last benchmark run: `{report['model']}`, {report['samples']} probes per distance, "
-        f"{report['train_steps']} fine-tuning steps per variant."
+        f"Last benchmark run: `{report['model']}` with a {report['window']}-token window, "
+        f"{report['samples']} probes per distance, {tuning}."
     )
 
 

@@ -9,7 +9,13 @@ import torch
 from gradio_client import Client
 
 from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
-from llm_memory.memory_tab import BEYOND_WINDOW, add_memory_tab, fact_attention, run_memory_probe
+from llm_memory.memory_tab import (
+    BEYOND_WINDOW,
+    add_memory_tab,
+    benchmark_curves,
+    fact_attention,
+    run_memory_probe,
+)
 from llm_memory.probes import Distractors, make_probe, review_texts
 
 WINDOW = 64
@@ -102,7 +108,11 @@ def test_memory_tab_end_to_end(model, tokenizer, texts, tmp_path):
         summary, prompt, attention, curves, note = client.predict("kv", api_name="/memory")
         assert "**Answer:**" in summary and "beyond the window" in summary  # default distance 128 > 64
         assert any(part.get("class_or_confidence") == "fact" for part in prompt)
-        assert attention is None and curves is not None and "Last benchmark run" in note
+        assert attention is None and curves is not None
+        assert note == (
+            "Last benchmark run: `tiny` with a 64-token window, 2 probes per distance, "
+            "2 fine-tuning steps per variant."
+        )
 
         summary, _, attention, curves, note = client.predict(
             "passkey", 25, 0, "attention", api_name="/memory"
@@ -111,3 +121,31 @@ def test_memory_tab_end_to_end(model, tokenizer, texts, tmp_path):
         assert curves is None and "No benchmark results for `passkey`" in note
     finally:
         demo.close()
+
+
+def test_curves_note_tells_a_shared_fine_tune(tmp_path):
+    report = {
+        "task": "passkey",
+        "model": "checkpoints/memory-lm",
+        "window": 64,
+        "distances": [32, 256],
+        "variants": ["attention", "lstm"],
+        "samples": 50,
+        "train_steps": 3000,
+        "curriculum_steps": 600,
+        "share_fine_tune": True,
+        "chance": {"exact": 1e-5, "per_token": 0.1, "note": "a number"},
+        "results": [
+            {"variant": v, "distance": d, "accuracy": a, "token_accuracy": a, "fact_in_reach": float(d < 64)}
+            for v, d, a in [
+                ("attention", 32, 1.0),
+                ("attention", 256, 0.0),
+                ("lstm", 32, 1.0),
+                ("lstm", 256, 1.0),
+            ]
+        ],
+    }
+    (tmp_path / "passkey.json").write_text(json.dumps(report))
+    curves, note = benchmark_curves("passkey", tmp_path)
+    assert curves is not None
+    assert "one model fine-tuned for 3600 steps, read the three ways" in note and "64-token window" in note
