@@ -3,7 +3,8 @@
 Follows the BABILong evaluation (Kuratov et al., 2024): accuracy of recalling a fact hidden in
 distractor text, read as a curve against how far back the fact is. Three ways to read past the
 attention window are compared, each fine-tuned on probes the way it is evaluated (windowed training
-with truncated back-propagation through time, as in the Recurrent Memory Transformer):
+with back-propagation through the carried state, as in the Recurrent Memory Transformer), or, with
+``--share_fine_tune``, one model fine-tuned with the LSTM state and read the three ways:
 
 - ``attention``: window by window, nothing carried; a fact outside the question's window is lost.
 - ``lstm``: the LSTM (h, c) state carried from window to window (segment recurrence).
@@ -14,6 +15,10 @@ test as greedy decoding when the answer is right, and cheaper. Usage::
 
     python -m llm_memory.memory_bench --model PATH --task passkey --distances 256,1024,4096 \\
         --samples 20 --train_steps 200
+
+What made the passkey checkpoint learn (``bench/README.md`` has the whole command): a curriculum
+inside the window first, batches of 16 equally long probes at distances drawn per batch, chrono-
+initialized LSTM gates, and a few thousand steps; the loss sits at chance for the first ~1,000.
 """
 
 import json
