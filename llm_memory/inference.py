@@ -612,11 +612,9 @@ class GenerationBatcher:
                 self.running.remove(batch)
                 self._state.notify_all()
 
-    def generate(self, batch: _Batch | list[_Row]):
+    def generate(self, batch: _Batch):
         """Decodes the rows as one left-padded batch; tokens reach each row's queue as they come. A row
         continues after the tokens it already has."""
-        if not isinstance(batch, _Batch):
-            batch = _Batch(batch)
         contexts = [row.prompt_ids + row.tokens for row in batch.rows]
         length = max(map(len, contexts))
         pad_lengths = [length - len(context) for context in contexts]

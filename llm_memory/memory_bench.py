@@ -43,7 +43,6 @@ from transformers import (
 )
 
 from . import probes
-from .data import IGNORE_INDEX
 from .memory import RecurrentTrainer, chrono_init_, shrink_window, window_size, windowed_forward
 from .model_card import ModelCardInfo, build_model_card
 from .probes import TASKS, Probe
@@ -174,7 +173,7 @@ def training_probes(
     rng = random.Random(seed)
     distractors = probes.as_distractors(None, tokenizer, "train")
     shortest = probes.min_distance(task, tokenizer)
-    rows = {"input_ids": [], "labels": [], "distance": []}
+    rows = []
     for _ in range(steps):
         low, high = rng.choice(ranges)
         distance = max(shortest, rng.randint(low, high))
@@ -183,13 +182,13 @@ def training_probes(
             for _ in range(batch_size)
         ]
         length = max(len(probe.input_ids) + len(probe.answer_ids) for probe in batch)
-        for probe in batch:
-            extra = length - len(probe.input_ids) - len(probe.answer_ids)
-            probe = probes.lengthen(probe, extra, tokenizer, distractors, rng)
-            rows["input_ids"].append(probe.input_ids + probe.answer_ids)
-            rows["labels"].append([IGNORE_INDEX] * len(probe.input_ids) + probe.answer_ids)
-            rows["distance"].append(probe.distance)
-    return Dataset.from_dict(rows)
+        rows += [
+            probes.lengthen(
+                probe, length - len(probe.input_ids) - len(probe.answer_ids), tokenizer, distractors, rng
+            )
+            for probe in batch
+        ]
+    return probes.probe_dataset(rows)
 
 
 def fine_tune(

@@ -391,8 +391,7 @@ def make_probe_dataset(
     max_lead_tokens: int = MAX_LEAD_TOKENS,
     align_to: int | None = None,
 ) -> Dataset:
-    """``samples`` probes per distance as a Dataset for the Trainer: ``input_ids`` (prompt and answer),
-    ``labels`` (IGNORE_INDEX except on the answer tokens) and ``distance``.
+    """``samples`` probes per distance as a Dataset for the Trainer (see ``probe_dataset``).
 
     Without ``distractor_texts`` the filler comes from the review corpus' ``split``: train for training,
     test for evaluation, so no evaluation sentence was trained on.
@@ -401,11 +400,22 @@ def make_probe_dataset(
         raise ValueError(f"samples must be at least 1, got {samples}.")
     distractors = as_distractors(distractor_texts, tokenizer, split)
     rng = random.Random(seed)
-    rows = {"input_ids": [], "labels": [], "distance": []}
-    for distance in distances:
-        for _ in range(samples):
-            probe = make_probe(task, distance, tokenizer, rng, distractors, max_lead_tokens, align_to)
-            rows["input_ids"].append(probe.input_ids + probe.answer_ids)
-            rows["labels"].append([IGNORE_INDEX] * len(probe.input_ids) + probe.answer_ids)
-            rows["distance"].append(probe.distance)
-    return Dataset.from_dict(rows)
+    return probe_dataset(
+        [
+            make_probe(task, distance, tokenizer, rng, distractors, max_lead_tokens, align_to)
+            for distance in distances
+            for _ in range(samples)
+        ]
+    )
+
+
+def probe_dataset(probes: Sequence[Probe]) -> Dataset:
+    """Probes, in order, as a Dataset for the Trainer: ``input_ids`` (prompt and answer), ``labels``
+    (IGNORE_INDEX except on the answer tokens) and ``distance``."""
+    return Dataset.from_dict(
+        {
+            "input_ids": [probe.input_ids + probe.answer_ids for probe in probes],
+            "labels": [[IGNORE_INDEX] * len(probe.input_ids) + probe.answer_ids for probe in probes],
+            "distance": [probe.distance for probe in probes],
+        }
+    )
