@@ -21,7 +21,6 @@ Shapes: L layers, nh heads, T tokens, P readable pieces, H hidden size.
 import argparse
 import math
 import os
-import queue
 import re
 import secrets
 import threading
@@ -88,6 +87,9 @@ SUMMARY_MAX_NEW_TOKENS = 64
 # While the server is busy, requests arriving within this window of the first are decoded in the same
 # batch. 16 users clicking at once reach the batcher over ~0.1 s (Gradio's queue takes them one by one).
 BATCH_WINDOW_S = float(os.environ.get("LLM_MEMORY_BATCH_WINDOW_MS", "100")) / 1000
+# ... but the window closes early once no request has come for this long: a burst sent at once is in
+# after a few milliseconds, and waiting out the whole window would only delay it.
+BATCH_QUIET_S = float(os.environ.get("LLM_MEMORY_BATCH_QUIET_MS", "25")) / 1000
 # Rows per batch: a batch of 16 short prompts costs about twice one row on this project's CPU.
 MAX_BATCH_SIZE = int(os.environ.get("LLM_MEMORY_MAX_BATCH", "16"))
 # Batches decoded at once, each on its own thread (torch itself then uses one thread per batch). At
@@ -332,7 +334,10 @@ class GenerationUpdate:
 
 
 class _Row:
-    """One request inside a batch: its prompt, settings and random generator, and what it produced."""
+    """One request inside a batch: its prompt, settings and random generator, and what it produced.
+
+    The decoding thread appends to ``tokens`` and sets ``changed``; the reader wakes on ``changed`` only
+    when it wants to show something, so 16 readers do not each wake for every token of a batch."""
 
     def __init__(self, prompt_ids: list[int], settings: GenerationSettings):
         self.prompt_ids = prompt_ids
@@ -340,19 +345,26 @@ class _Row:
         seed = settings.seed if settings.seed >= 0 else secrets.randbelow(2**31)
         self.generator = torch.Generator().manual_seed(seed)
         self.tokens: list[int] = []
-        self.events: queue.SimpleQueue = queue.SimpleQueue()  # ints (tokens so far), None (done), errors
+        self.changed = threading.Event()  # a token came, or the row ended
+        self.done = threading.Event()  # the row ended: finished, or failed with ``error``
+        self.error: BaseException | None = None
         self.cancelled = threading.Event()
         self.finished = False
+
+    def add(self, token: int):
+        self.tokens.append(token)
+        self.changed.set()
 
     def finish(self):
         if not self.finished:
             self.finished = True
-            self.events.put(None)
+            self.done.set()
+            self.changed.set()
 
     def fail(self, error: BaseException):
         if not self.finished:
-            self.finished = True
-            self.events.put(error)
+            self.error = error
+            self.finish()
 
 
 class _RowSampler(LogitsProcessor):
@@ -446,8 +458,7 @@ class _RowStreamer(BaseStreamer):
             if token in self.eos_token_ids:
                 row.finish()
                 continue
-            row.tokens.append(token)
-            row.events.put(len(row.tokens))
+            row.add(token)
             if len(row.tokens) >= row.settings.max_new_tokens or row.cancelled.is_set():
                 row.finish()
 
@@ -505,6 +516,7 @@ class GenerationBatcher:
         tokenizer,
         max_batch_size: int = MAX_BATCH_SIZE,
         window_s: float = BATCH_WINDOW_S,
+        quiet_s: float = BATCH_QUIET_S,
         num_workers: int = GENERATION_WORKERS,
         rebatch_max_tokens: int = REBATCH_MAX_TOKENS,
     ):
@@ -512,6 +524,7 @@ class GenerationBatcher:
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.window_s = window_s
+        self.quiet_s = quiet_s
         self.num_workers = num_workers
         self.rebatch_max_tokens = rebatch_max_tokens
         self._state = threading.Condition()  # guards the two lists below
@@ -540,7 +553,7 @@ class GenerationBatcher:
                 self._state.wait_for(lambda: self.waiting)
                 busy = bool(self.running) or len(self.waiting) > 1
             if busy:  # a burst: let the rest of it arrive
-                time.sleep(self.window_s)
+                self._gather()
             with self._state:
                 self._drop_cancelled()
                 joinable = [batch for batch in self.running if self._can_join(batch)]
@@ -560,6 +573,15 @@ class GenerationBatcher:
                 batch = _Batch(self._next_batch())
                 self.running.append(batch)
             threading.Thread(target=self._run, args=(batch,), daemon=True).start()
+
+    def _gather(self):
+        """Waits while requests keep arriving: until none came for ``quiet_s``, at most ``window_s``."""
+        deadline = time.perf_counter() + self.window_s
+        with self._state:
+            while (left := deadline - time.perf_counter()) > 0:
+                count = len(self.waiting)
+                if not self._state.wait_for(lambda n=count: len(self.waiting) != n, min(self.quiet_s, left)):
+                    return
 
     def _can_join(self, batch: _Batch) -> bool:
         rows = [row for row in batch.rows if not row.finished]
@@ -704,33 +726,22 @@ def generate_stream(
         yield update(_beam_search(models, ids, settings), done=True)
         return
 
-    def ends(event) -> bool:  # None (done) or an error; ints are token counts
-        return event is None or isinstance(event, BaseException)
-
     row = models.batcher.submit(ids, settings)
     try:
         shown, next_show = None, 0.0
         while True:
-            try:
-                event = row.events.get(timeout=GENERATION_TIMEOUT_S)
-            except queue.Empty:
-                raise RuntimeError(
-                    f"No token came for {GENERATION_TIMEOUT_S:.0f} s; generation stopped."
-                ) from None
-            # Hold back until the next update is due, unless the generation ends first.
-            while not ends(event) and (wait := next_show - time.perf_counter()) > 0:
-                try:
-                    event = row.events.get(timeout=min(wait, GENERATION_TIMEOUT_S))
-                except queue.Empty:
-                    break
-            while not ends(event) and not row.events.empty():
-                event = row.events.get()  # skip to the newest when tokens come faster than they are read
-            if isinstance(event, BaseException):
-                raise RuntimeError(f"Generation failed: {event}") from event
-            if event is None:
+            # Until the next update is due only the end can cut the wait short; then the next token does.
+            if (due := next_show - time.perf_counter()) > 0:
+                row.done.wait(min(due, GENERATION_TIMEOUT_S))
+            if not row.changed.wait(GENERATION_TIMEOUT_S):
+                raise RuntimeError(f"No token came for {GENERATION_TIMEOUT_S:.0f} s; generation stopped.")
+            row.changed.clear()
+            if row.done.is_set():
+                if row.error is not None:
+                    raise RuntimeError(f"Generation failed: {row.error}") from row.error
                 yield update(list(row.tokens), done=True)
                 return
-            current = update(row.tokens[:event], done=False)
+            current = update(list(row.tokens), done=False)
             if current.text != shown:
                 shown = current.text
                 next_show = time.perf_counter() + min_interval_s

@@ -219,6 +219,7 @@ def test_seeded_sampling_is_the_same_alone_and_in_a_batch(models, monkeypatch):
     # With a generation running, the batcher waits its window for more: the four requests below
     # become one batch of rows of different lengths, each with its own settings.
     monkeypatch.setattr(models.batcher, "window_s", 0.5)
+    monkeypatch.setattr(models.batcher, "quiet_s", 0.5)
     busy = inference.generate_stream(models, "Keep the server busy", strategy="greedy", max_new_tokens=60)
     next(busy)
     results = {}
@@ -282,6 +283,7 @@ def test_new_requests_join_a_young_batch_and_every_text_is_unchanged(models, mon
 
     slow_decoding(models, monkeypatch)
     monkeypatch.setattr(models.batcher, "window_s", 0.05)
+    monkeypatch.setattr(models.batcher, "quiet_s", 0.05)
     monkeypatch.setattr(models.batcher, "rebatch_max_tokens", 30)
     rebatches = models.batcher.rebatches
     together = run_together(models, "The movie was", prompts, settings)
@@ -292,10 +294,24 @@ def test_new_requests_join_a_young_batch_and_every_text_is_unchanged(models, mon
     assert together == alone
 
 
+def test_the_window_closes_once_requests_stop_coming(models, monkeypatch):
+    settings = dict(strategy="greedy", max_new_tokens=40)
+    slow_decoding(models, monkeypatch)
+    # A window far longer than the decoding: requests that all arrive at once must not wait it out.
+    monkeypatch.setattr(models.batcher, "window_s", 30.0)
+    monkeypatch.setattr(models.batcher, "quiet_s", 0.2)
+    start = time.perf_counter()
+    together = run_together(models, "The movie was", {"b": "Hi", "c": "Hello"}, settings)
+    assert time.perf_counter() - start < 10.0
+    assert list(models.batcher.batch_sizes)[-1] == 3
+    assert together["b"] == inference.generate(models, "Hi", **settings).text
+
+
 def test_an_older_batch_is_not_stopped_for_new_requests(models, monkeypatch):
     settings = dict(strategy="greedy", max_new_tokens=40)
     slow_decoding(models, monkeypatch)
     monkeypatch.setattr(models.batcher, "window_s", 0.05)
+    monkeypatch.setattr(models.batcher, "quiet_s", 0.05)
     monkeypatch.setattr(models.batcher, "rebatch_max_tokens", 0)
     rebatches = models.batcher.rebatches
     together = run_together(models, "The movie was", {"b": "Hi", "c": "Hello"}, settings)
@@ -327,6 +343,7 @@ def test_rows_that_would_overrun_the_window_together_are_not_batched(models, mon
     alone = inference.generate(models, prompt, **settings).text
     slow_decoding(models, monkeypatch)
     monkeypatch.setattr(models.batcher, "window_s", 0.05)
+    monkeypatch.setattr(models.batcher, "quiet_s", 0.05)
     rebatches = models.batcher.rebatches
     together = run_together(models, prompt, {"b": prompt}, settings)
     assert models.batcher.rebatches == rebatches
@@ -337,6 +354,7 @@ def test_rows_that_would_overrun_the_window_together_are_not_batched(models, mon
 def test_a_request_cancelled_while_its_batch_is_stopped_ends(models, monkeypatch):
     slow_decoding(models, monkeypatch)
     monkeypatch.setattr(models.batcher, "window_s", 0.05)
+    monkeypatch.setattr(models.batcher, "quiet_s", 0.05)
     first = inference.generate_stream(models, "The movie was", strategy="greedy", max_new_tokens=40)
     next(first)
     second = inference.generate_stream(models, "Hi", strategy="greedy", max_new_tokens=40)

@@ -176,6 +176,20 @@ def test_left_padded_batch_generation_equals_each_prompt_alone():
         assert torch.equal(batched[row, 8:], alone[0, len(p) :])
 
 
+@pytest.mark.parametrize("use_lstm", [False, True])
+def test_static_cache_generation_equals_dynamic(use_lstm):
+    """generate(cache_implementation="static") preallocates the keys and values; with left padding and
+    the LSTM state in the cache it makes the same tokens as the default cache."""
+    model = tiny_lm(use_lstm=use_lstm)
+    ids = torch.cat([torch.zeros(1, 5, dtype=torch.long), random_ids(1, 3, seed=3)], dim=1)
+    ids = torch.cat([ids, random_ids(1, 8, seed=8)])
+    mask = (ids != 0).long()
+    kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    dynamic = model.generate(ids, attention_mask=mask, **kwargs)
+    static = model.generate(ids, attention_mask=mask, cache_implementation="static", **kwargs)
+    assert torch.equal(static, dynamic)
+
+
 def test_long_text_scored_window_by_window_with_carried_state_equals_one_call():
     """Carrying the cache chunk by chunk (keys, values and LSTM state) equals one forward pass."""
     model = tiny_lm(use_lstm=True)

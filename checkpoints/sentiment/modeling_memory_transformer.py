@@ -447,6 +447,12 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
 class MemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
+    def create_masks_for_generate(self, attention_mask=None, **kwargs):
+        """With a static cache, generate() asks the model for its 4D masks ahead of each call. This model
+        builds them in ``forward`` from the 2D padding mask, which it also needs for the positions of
+        left-padded rows and for the LSTM to skip pads, so that mask is what it keeps."""
+        return attention_mask
+
     def __init__(self, config: MemoryTransformerConfig):
         super().__init__(config)
         self.model = MemoryTransformerModel(config)
