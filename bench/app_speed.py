@@ -7,14 +7,19 @@
 - attention: seconds for ``/attention`` on a text of 256 tokens or more (cut to the model's window), the
   plotly figures included;
 - concurrency: seconds for 16 clients' ``/generate`` requests (``--new_tokens``, default 128 as in
-  ``model_speed.py``) sent at once, over the
-  seconds of one, with a short prompt and with the 200-token one.
+  ``model_speed.py``; seeds 0-15) sent at once, over the seconds of one (seed 0), with a short prompt
+  and with the 200-token one. The clients are ``gradio_client`` ones; the short prompt is also sent
+  through Gradio's REST API from one asyncio client, whose own work on this shared CPU is far smaller
+  (16 ``gradio_client`` clients spend about 0.8 CPU-seconds), and once more with every request on seed
+  0. Sampled texts end at different lengths (an end-of-text token), and a batch runs until its longest
+  row is done: with 16 seeds that is the full 128 tokens, while seed 0 alone ends sooner.
 
 Targets: ready <= 15 s, first token <= 0.5 s, attention <= 2 s, 16 at once <= 3x one. Medians over
 ``--repeats`` runs after a warm-up; the table says which targets are met.
 """
 
 import argparse
+import asyncio
 import json
 import os
 import socket
@@ -26,6 +31,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import torch
 from gradio_client import Client
 from transformers import AutoTokenizer
@@ -41,6 +47,8 @@ TARGETS = {
     "attention_256_s": 2.0,
     "concurrency_ratio_short": 3.0,
     "concurrency_ratio_long": 3.0,
+    "rest_ratio_short": 3.0,
+    "rest_same_ratio_short": 3.0,
 }
 # The Generate tab's first example. With it, 16 requests cost mostly decoding, which batching shares; with
 # a 200-token prompt they also cost 16 prompt passes, which no batching shares (the same tokens x 16).
@@ -124,6 +132,47 @@ def concurrent_seconds(clients: list[Client], prompt: str) -> float:
     return time.perf_counter() - start
 
 
+def rest_arguments(url: str, **values) -> list:
+    """The ``/generate`` inputs in order: the app's own defaults (from its API info), with ``values``."""
+    with urllib.request.urlopen(f"{url}gradio_api/info", timeout=10) as response:
+        parameters = json.load(response)["named_endpoints"]["/generate"]["parameters"]
+    return [values.get(p["parameter_name"], p.get("parameter_default")) for p in parameters]
+
+
+async def rest_generate(client: httpx.AsyncClient, url: str, arguments: list) -> None:
+    """One ``/generate`` call through the REST API: post the inputs, then read its event stream to the end."""
+    posted = await client.post(f"{url}gradio_api/call/generate", json={"data": arguments})
+    posted.raise_for_status()
+    event_id = posted.json()["event_id"]
+    async with client.stream("GET", f"{url}gradio_api/call/generate/{event_id}") as stream:
+        event = None
+        async for line in stream.aiter_lines():
+            if line.startswith("event:"):
+                event = line.removeprefix("event:").strip()
+            elif line.startswith("data:") and event == "error":
+                raise RuntimeError(f"/generate answered an error: {line}")
+            elif line.startswith("data:") and event == "complete":
+                return
+    raise RuntimeError("/generate's event stream ended without a result")
+
+
+def rest_seconds(url: str, prompt: str, count: int, same_seed: bool = False) -> float:
+    """Seconds until ``count`` requests sent at once through the REST API are answered: seeds 0, 1, ...,
+    or all seed 0 (the tab's default) with ``same_seed``, so that every text has the length of one."""
+    arguments = [
+        rest_arguments(url, prompt=prompt, max_new_tokens=NEW_TOKENS, seed=0 if same_seed else seed)
+        for seed in range(count)
+    ]
+
+    async def run() -> float:
+        async with httpx.AsyncClient(timeout=120) as client:
+            start = time.perf_counter()
+            await asyncio.gather(*(rest_generate(client, url, data) for data in arguments))
+            return time.perf_counter() - start
+
+    return asyncio.run(run())
+
+
 def in_process_seconds(args, prompt: str, repeats: int) -> dict[str, float]:
     """One and 16 generations called directly, without HTTP: what the batcher itself achieves."""
     torch.set_num_threads(1)  # as app.py runs
@@ -197,12 +246,21 @@ def main():
             timings[f"sixteen_generate_{name}_s"] = median(
                 lambda text=text: concurrent_seconds(clients, text), max(1, args.repeats // 2)
             )
+        timings["rest_one_short_s"] = median(lambda: rest_seconds(url, SHORT_PROMPT, 1), args.repeats)
+        timings["rest_sixteen_short_s"] = median(
+            lambda: rest_seconds(url, SHORT_PROMPT, NUM_CLIENTS), max(1, args.repeats // 2)
+        )
+        timings["rest_sixteen_same_short_s"] = median(
+            lambda: rest_seconds(url, SHORT_PROMPT, NUM_CLIENTS, same_seed=True), max(1, args.repeats // 2)
+        )
     finally:
         process.terminate()
         process.wait(timeout=30)
     timings.update(in_process_seconds(args, prompt, args.repeats))
 
     results = {"ready_s": ready, "first_token_s": first_token, "attention_256_s": attention, **timings}
+    results["rest_ratio_short"] = timings["rest_sixteen_short_s"] / timings["rest_one_short_s"]
+    results["rest_same_ratio_short"] = timings["rest_sixteen_same_short_s"] / timings["rest_one_short_s"]
     for name in ("short", "long"):
         results[f"concurrency_ratio_{name}"] = (
             timings[f"sixteen_generate_{name}_s"] / timings[f"one_generate_{name}_s"]
@@ -222,6 +280,14 @@ def main():
             (f"{NUM_CLIENTS} at once / one", f"concurrency_ratio_{name}", "x"),
             ("  the same, generate() in-process, no HTTP", f"direct_ratio_{name}", "x"),
         ]
+        if name == "short":
+            rows += [
+                ("  one, REST API (one asyncio client)", "rest_one_short_s", "s"),
+                (f"  {NUM_CLIENTS} at once, REST API", "rest_sixteen_short_s", "s"),
+                (f"  {NUM_CLIENTS} at once / one, REST API", "rest_ratio_short", "x"),
+                (f"  {NUM_CLIENTS} at once, REST API, all seed 0", "rest_sixteen_same_short_s", "s"),
+                (f"  {NUM_CLIENTS} at once / one, all seed 0", "rest_same_ratio_short", "x"),
+            ]
     print(f"model: {args.model}  ·  {os.cpu_count()} CPUs  ·  medians of {args.repeats} after a warm-up\n")
     print(f"| {'measure':<42} | {'value':>8} | {'target':>8} | met |")
     print(f"|{'-' * 44}|{'-' * 10}|{'-' * 10}|-----|")

@@ -20,6 +20,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import llm_memory  # noqa: F401  (registers the model with the Auto classes)
 from llm_memory.data import load_movie_reviews
+from llm_memory.memory import windowed_forward
 
 
 def tfidf_baseline(train, test) -> np.ndarray:
@@ -30,9 +31,22 @@ def tfidf_baseline(train, test) -> np.ndarray:
 
 
 @torch.no_grad()
-def ours(model_path: str, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
+def ours(
+    model_path: str, texts: list[str], max_length: int, batch_size: int, read: str = "head", carry_kv: int = 0
+) -> np.ndarray:
+    """Our classifier's labels. ``read``: the first ``max_length`` tokens of each review (head), the last
+    (tail), or the whole review window by window with the LSTM state (and ``carry_kv`` keys and values)
+    carried over, classified at its last token (windows)."""
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path).eval()
+    if read == "windows":
+        predictions = []
+        for text in texts:
+            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt", verbose=False)["input_ids"]
+            *_, last = windowed_forward(model, ids, window=max_length, carry_kv=carry_kv)
+            predictions.append(int(last.logits.argmax(-1)))
+        return np.array(predictions)
+    tokenizer.truncation_side = "left" if read == "tail" else "right"
     predictions = []
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(
@@ -56,6 +70,19 @@ def main(argv=None):
         "--max_length", type=int, default=256, help="tokens read per review (the training length)"
     )
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument(
+        "--read",
+        choices=("head", "tail", "windows"),
+        default="head",
+        help="what of each review ours reads: its first --max_length tokens, its last, or all of it in "
+        "windows of --max_length with the LSTM state carried over",
+    )
+    parser.add_argument(
+        "--carry_kv",
+        type=int,
+        default=0,
+        help="with --read windows: keys/values carried into the next window",
+    )
     parser.add_argument("--max_test", type=int, default=None, help="score only the first N test reviews")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -68,7 +95,12 @@ def main(argv=None):
     rows = []
     for name, run in (
         ("TF-IDF + logistic regression", lambda: tfidf_baseline(splits["train"], test)),
-        (f"ours ({args.model})", lambda: ours(args.model, test["text"], args.max_length, args.batch_size)),
+        (
+            f"ours ({args.model}, {args.read} {args.max_length})",
+            lambda: ours(
+                args.model, test["text"], args.max_length, args.batch_size, args.read, args.carry_kv
+            ),
+        ),
     ):
         start = time.perf_counter()
         predicted = run()

@@ -499,9 +499,9 @@ class GenerationBatcher:
 
     A collector thread waits for requests. One that finds the server idle starts at once; one that
     finds others running or waiting is a sign of a burst, so the collector first gathers what arrives
-    within ``window_s``. If a running batch has room and none of its rows has more than
-    ``rebatch_max_tokens`` tokens yet, it is asked to stop after its current token; its unfinished
-    rows then continue (their tokens so far read as prompt, their random generators where they were)
+    until no request has come for ``quiet_s``, at most ``window_s``. If a running batch has room and
+    none of its rows has more than ``rebatch_max_tokens`` tokens yet, it is asked to stop after its
+    current token; its unfinished rows then continue (their tokens so far read as prompt, their random generators where they were)
     in one batch with the new requests, up to ``max_batch_size`` rows. So a burst of users who reach
     the server one by one is decoded as one batch, not as a queue of small ones, at the cost of
     reading the first rows' prompts again. Otherwise the new requests form their own batch once one
