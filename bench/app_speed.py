@@ -132,11 +132,10 @@ def concurrent_seconds(clients: list[Client], prompt: str) -> float:
     return time.perf_counter() - start
 
 
-def rest_arguments(url: str, **values) -> list:
-    """The ``/generate`` inputs in order: the app's own defaults (from its API info), with ``values``."""
+def generate_parameters(url: str) -> list[dict]:
+    """The ``/generate`` inputs in order, with the app's own defaults (from its API info)."""
     with urllib.request.urlopen(f"{url}gradio_api/info", timeout=10) as response:
-        parameters = json.load(response)["named_endpoints"]["/generate"]["parameters"]
-    return [values.get(p["parameter_name"], p.get("parameter_default")) for p in parameters]
+        return json.load(response)["named_endpoints"]["/generate"]["parameters"]
 
 
 async def rest_generate(client: httpx.AsyncClient, url: str, arguments: list) -> None:
@@ -159,15 +158,20 @@ async def rest_generate(client: httpx.AsyncClient, url: str, arguments: list) ->
 def rest_seconds(url: str, prompt: str, count: int, same_seed: bool = False) -> float:
     """Seconds until ``count`` requests sent at once through the REST API are answered: seeds 0, 1, ...,
     or all seed 0 (the tab's default) with ``same_seed``, so that every text has the length of one."""
-    arguments = [
-        rest_arguments(url, prompt=prompt, max_new_tokens=NEW_TOKENS, seed=0 if same_seed else seed)
+    parameters = generate_parameters(url)
+
+    def arguments(**values) -> list:
+        return [values.get(p["parameter_name"], p.get("parameter_default")) for p in parameters]
+
+    requests = [
+        arguments(prompt=prompt, max_new_tokens=NEW_TOKENS, seed=0 if same_seed else seed)
         for seed in range(count)
     ]
 
     async def run() -> float:
         async with httpx.AsyncClient(timeout=120) as client:
             start = time.perf_counter()
-            await asyncio.gather(*(rest_generate(client, url, data) for data in arguments))
+            await asyncio.gather(*(rest_generate(client, url, data) for data in requests))
             return time.perf_counter() - start
 
     return asyncio.run(run())
