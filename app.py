@@ -119,10 +119,11 @@ def _warn_cleaned(text) -> None:
         gr.Warning(f"Removed {removed} control character(s) from the text.")
 
 
-def _warn_truncated(truncated_tokens: int, what: str) -> None:
+def _warn_truncated(truncated_tokens: int, what: str, side: str = "right") -> None:
     if truncated_tokens:
+        end = "first" if side == "left" else "last"
         gr.Warning(
-            f"The text is longer than the model's window: the last {truncated_tokens} tokens were {what}."
+            f"The text is longer than the model's window: the {end} {truncated_tokens} tokens were {what}."
         )
 
 
@@ -176,7 +177,7 @@ def classify(models: Models, text: str):
     with user_errors():
         _warn_cleaned(text)
         result = inference.classify(models, text)
-    _warn_truncated(result.truncated_tokens, "not read")
+    _warn_truncated(result.truncated_tokens, "not read", result.truncated_side)
     return result.probabilities, result.highlights()
 
 

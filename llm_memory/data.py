@@ -469,17 +469,20 @@ def encode_classification(
     text_column: str = "text",
     label_column: str = "label",
 ) -> dict[str, list]:
-    """input_ids (the first ``max_length`` tokens), attention_mask and labels, unpadded.
+    """input_ids (at most ``max_length`` tokens), attention_mask and labels, unpadded.
 
-    The start of a text is kept (truncation on the right, the tokenizers' default), so an example is
-    always a prefix of its text, read from the same position as in language-model training. An empty
-    text becomes a lone eos so the classifier always has a last token to read. Padding is left to the
-    collator.
+    A longer text is cut on the tokenizer's ``truncation_side``: ``"right"`` (the default) keeps its
+    first ``max_length`` tokens, ``"left"`` its last ones (where a review usually gives its verdict). An
+    empty text becomes a lone eos so the classifier always has a last token to read. Padding is left to
+    the collator.
     """
     if max_length < 1:
         raise ValueError(f"max_length={max_length} must be at least 1.")
     encoded = tokenizer(examples[text_column], add_special_tokens=False)["input_ids"]
-    input_ids = [ids[:max_length] or [tokenizer.eos_token_id] for ids in encoded]
+    keep_end = getattr(tokenizer, "truncation_side", "right") == "left"
+    input_ids = [
+        (ids[-max_length:] if keep_end else ids[:max_length]) or [tokenizer.eos_token_id] for ids in encoded
+    ]
     return {
         "input_ids": input_ids,
         "attention_mask": [[1] * len(ids) for ids in input_ids],

@@ -792,7 +792,8 @@ class ClassifyResult:
     label: str
     # (piece, gradient x input summed over the piece's tokens): positive pushes towards ``label``.
     attributions: list[tuple[str, float]]
-    truncated_tokens: int  # cut from the end of the text to fit the window
+    truncated_tokens: int  # cut from the text to fit the window
+    truncated_side: str = "right"  # the end they were cut from: the tokenizer's truncation side
 
     def highlights(self) -> list[tuple[str, float]]:
         """Attributions scaled into [-1, 1] by the largest magnitude, for ``gr.HighlightedText``."""
@@ -808,7 +809,9 @@ def _label_names(model: PreTrainedModel) -> list[str]:
 def classify(models: Models, text: str) -> ClassifyResult:
     """Label probabilities for ``text`` and each readable piece's signed attribution to the top label.
 
-    The classifier reads the first window of tokens; the rest is reported in ``truncated_tokens``.
+    The classifier reads one window of tokens: the first, or the last when its tokenizer truncates on
+    the left (as the embedded one, trained on the ends of reviews, does); the rest is reported in
+    ``truncated_tokens``.
     """
     if models.classifier is None:
         raise RuntimeError("No classifier is loaded; load one with load_models(..., classifier_path=...).")
@@ -817,7 +820,8 @@ def classify(models: Models, text: str) -> ClassifyResult:
     ids = encode(tokenizer, text)
     window = context_window(model, tokenizer)
     truncated = max(0, len(ids) - window)
-    ids = ids[:window]
+    side = "left" if getattr(tokenizer, "truncation_side", "right") == "left" else "right"
+    ids = ids[len(ids) - window :] if side == "left" and truncated else ids[:window]
     input_ids = torch.tensor([ids])
     with torch.enable_grad():
         embeddings = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)  # (1, T, H)
@@ -832,7 +836,7 @@ def classify(models: Models, text: str) -> ClassifyResult:
         for piece in readable_pieces(tokenizer, ids)
     ]
     return ClassifyResult(
-        dict(zip(labels, probabilities, strict=True)), labels[target], attributions, truncated
+        dict(zip(labels, probabilities, strict=True)), labels[target], attributions, truncated, side
     )
 
 

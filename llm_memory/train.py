@@ -219,6 +219,15 @@ class DataTrainingArguments:
             "(classification, summarization). At most the model's max_position_embeddings, its default."
         },
     )
+    truncation_side: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Which end of a text longer than --block_size is cut (classification): right keeps the "
+            "start, left keeps the end. Saved with the tokenizer, so pipelines read texts the same way. "
+            "Default: the tokenizer's own (right for a new one).",
+            "choices": ["right", "left"],
+        },
+    )
     max_train_samples: int | None = dataclasses.field(
         default=None,
         metadata={"help": "Keep only the first N training rows (texts, before tokenizing), for quick runs."},
@@ -542,6 +551,9 @@ def load_tokenizer(args: Arguments, raw: DatasetDict, checkpoint: str | None) ->
             ),
             args.training,
         )
+    if data_args.truncation_side is not None:
+        tokenizer.truncation_side = data_args.truncation_side
+        tokenizer.init_kwargs["truncation_side"] = data_args.truncation_side  # saved with the tokenizer
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise ValueError("The tokenizer needs a pad and an eos token; pass a --tokenizer_name that has them.")
     if data_args.task == "summarization" and tokenizer.sep_token_id is None:

@@ -1,5 +1,6 @@
 """Data loading and transforms: built-in corpora, local files, errors, and the pure batch transforms."""
 
+import copy
 import hashlib
 import json
 import os
@@ -380,6 +381,16 @@ def test_encode_classification_keeps_the_start(tokenizer):
     assert out["input_ids"][2] == [tokenizer.eos_token_id]
     assert out["attention_mask"] == [[1] * len(row) for row in out["input_ids"]]
     assert out["labels"] == [1, 0, 1]
+
+
+def test_encode_classification_keeps_the_end_when_the_tokenizer_truncates_left(tokenizer):
+    long_text = "The first half drags. " * 10 + "But the ending is superb, a triumph."
+    examples = {"text": [long_text, "Bad."], "label": [1, 0]}
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.truncation_side = "left"
+    out = encode_classification(examples, tokenizer, max_length=16)
+    assert out["input_ids"][0] == ids(tokenizer, long_text)[-16:]
+    assert out["input_ids"][1] == ids(tokenizer, "Bad.")
 
 
 def test_prepare_classification_on_movie_reviews(tokenizer, reviews):

@@ -443,6 +443,20 @@ def test_classify_cuts_text_past_the_window(models):
     result = inference.classify(models, "word " * 100)
     assert result.truncated_tokens > 0
     assert sum(len(piece) for piece, _ in result.attributions) < len("word " * 100)
+    assert result.truncated_side == "right"
+
+
+def test_classify_reads_the_end_when_the_tokenizer_truncates_left(models):
+    tokenizer = models.classifier_tokenizer
+    text = "start " * 100 + "finale"
+    tokenizer.truncation_side = "left"
+    try:
+        result = inference.classify(models, text)
+    finally:
+        tokenizer.truncation_side = "right"
+    assert result.truncated_tokens > 0 and result.truncated_side == "left"
+    read = "".join(piece for piece, _ in result.attributions)
+    assert read.rstrip().endswith("finale") and len(read) < len(text)
 
 
 # --- summarization -----------------------------------------------------------------------------------

@@ -227,11 +227,17 @@ def test_classification_on_a_local_csv_with_named_columns(text_files, tmp_path):
         "review",
         "--label_column_name",
         "sentiment",
+        "--truncation_side",
+        "left",
     ]
     assert train.main(tiny(tmp_path / "csv", *flags)) == 0
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "csv")
     assert model.config.id2label == {0: "bad", 1: "good"}
     assert "eval_f1" in results(tmp_path / "csv")
+    # The model reads the ends of long texts, and so will a pipeline that loads its tokenizer.
+    assert AutoTokenizer.from_pretrained(tmp_path / "csv").truncation_side == "left"
+    with pytest.raises(SystemExit):
+        train.parse_args(tiny(tmp_path / "bad", "--truncation_side", "middle"))
 
 
 def test_command_line_overrides_the_preset(tmp_path):
