@@ -38,14 +38,10 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    DynamicCache,
     GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
     PreTrainedModel,
-    StoppingCriteria,
-    StoppingCriteriaList,
 )
-from transformers.generation.streamers import BaseStreamer
 
 from . import attention_view
 from .tokenization import REPLACEMENT_CHAR, readable_pieces
@@ -367,12 +363,12 @@ class _Row:
             self.finish()
 
 
-class _RowSampler(LogitsProcessor):
-    """Picks each row's next token with that row's settings, and leaves only that token possible.
+class _RowSampler:
+    """Picks each row's next token with that row's settings and random generator.
 
-    generate() then runs greedily and takes it; choosing here rather than in generate() is what lets
-    every row of a batch have its own temperature, top-k, top-p, penalty and seed. Every step is
-    row-wise, so a row's choice does not depend on the other rows.
+    Every row of a batch has its own temperature, top-k, top-p, penalty and seed, and every step is
+    row-wise, so a row's choice does not depend on the other rows. ``select`` keeps only some rows, for
+    a batch whose other rows have ended.
     """
 
     def __init__(self, rows: list[_Row], pad_lengths: list[int]):
@@ -385,7 +381,13 @@ class _RowSampler(LogitsProcessor):
         self.top_p = torch.tensor([[s.top_p] for s in settings], dtype=torch.float32)
         self.penalty = torch.tensor([[s.repetition_penalty] for s in settings], dtype=torch.float32)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def select(self, index: torch.Tensor):
+        self.rows = [self.rows[i] for i in index.tolist()]
+        for name in ("pad_lengths", "greedy", "temperature", "top_k", "top_p", "penalty"):
+            setattr(self, name, getattr(self, name)[index])
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.LongTensor:
+        """Each row's next token, (B,), from its ids so far (left-padded) and its next-token logits."""
         vocab_size = scores.shape[-1]
         # Repetition penalty as Transformers' RepetitionPenaltyLogitsProcessor (Keskar et al., 2019), but
         # not on pads: a pad position points at the row's first real token, which is penalized anyway.
@@ -398,7 +400,7 @@ class _RowSampler(LogitsProcessor):
 
         greedy_tokens = scores.argmax(-1)
         if bool(self.greedy.all()):
-            return torch.full_like(scores, -math.inf).scatter(1, greedy_tokens[:, None], 0.0)
+            return greedy_tokens
 
         # Temperature, top-k, then top-p on what top-k kept, in the order of Transformers' warpers.
         # Only the largest top_k candidates are sorted: a full sort of the vocabulary costs as much as
@@ -414,56 +416,7 @@ class _RowSampler(LogitsProcessor):
         # Inverse-CDF sampling with one uniform draw from each row's own generator.
         uniform = torch.cat([torch.rand(1, generator=row.generator) for row in self.rows])
         index = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None]).clamp(max=num_candidates - 1)
-        tokens = torch.where(self.greedy, greedy_tokens, order.gather(1, index)[:, 0])
-        return torch.full_like(scores, -math.inf).scatter(1, tokens[:, None], 0.0)
-
-
-class _RowStopping(StoppingCriteria):
-    """Stops each row at its own max_new_tokens or when its request is cancelled, and stops the whole
-    batch when it is asked to make room for new requests (``batch.rebatch``)."""
-
-    def __init__(self, batch: "_Batch", prompt_length: int):
-        self.batch = batch
-        self.prompt_length = prompt_length
-        # Tokens each row may still add in this call; a row back from an earlier batch has some already.
-        self.budgets = [row.settings.max_new_tokens - len(row.tokens) for row in batch.rows]
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        steps = input_ids.shape[1] - self.prompt_length
-        rebatch = self.batch.rebatch.is_set()
-        return torch.tensor(
-            [
-                rebatch or row.cancelled.is_set() or steps >= budget
-                for row, budget in zip(self.batch.rows, self.budgets, strict=True)
-            ],
-            device=input_ids.device,
-        )
-
-
-class _RowStreamer(BaseStreamer):
-    """Hands each row's new token to that row's request, until the row ends (eos, its limit, cancel)."""
-
-    def __init__(self, rows: list[_Row], eos_token_ids: set[int]):
-        self.rows = rows
-        self.eos_token_ids = eos_token_ids
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor):
-        if not self.prompt_seen:  # generate() first streams the prompt
-            self.prompt_seen = True
-            return
-        for row, token in zip(self.rows, value.tolist(), strict=True):
-            if row.finished:
-                continue
-            if token in self.eos_token_ids:
-                row.finish()
-                continue
-            row.add(token)
-            if len(row.tokens) >= row.settings.max_new_tokens or row.cancelled.is_set():
-                row.finish()
-
-    def end(self):
-        pass  # the batcher finishes the rows: those of a batch stopped to take new requests go on
+        return torch.where(self.greedy, greedy_tokens, order.gather(1, index)[:, 0])
 
 
 @dataclass(eq=False)
@@ -505,9 +458,7 @@ class GenerationBatcher:
     in one batch with the new requests, up to ``max_batch_size`` rows. So a burst of users who reach
     the server one by one is decoded as one batch, not as a queue of small ones, at the cost of
     reading the first rows' prompts again. Otherwise the new requests form their own batch once one
-    of ``num_workers`` is free. (On a GPU, ``generate()`` streams one step behind and drops the token
-    in flight when it stops, so a row that continues after a stop has used one more random draw and
-    its sampled text can differ from the same seed run alone; on the CPU it is the same.)
+    of ``num_workers`` is free. Rows that end leave their batch at once (see ``generate``).
     """
 
     def __init__(
@@ -635,9 +586,13 @@ class GenerationBatcher:
                 self._state.notify_all()
 
     def generate(self, batch: _Batch):
-        """Decodes the rows as one left-padded batch; tokens reach each row's queue as they come. A row
-        continues after the tokens it already has."""
-        contexts = [row.prompt_ids + row.tokens for row in batch.rows]
+        """Decodes the rows as one left-padded batch, a token per step for every row still going. A row
+        that ends (eos, its limit, a cancel) leaves the batch at once, its keys, values and LSTM state
+        with it, so a step costs only the rows still going: a burst of sampled requests ends at
+        different lengths, and generate() would keep computing every row until the longest is done.
+        A row continues after the tokens it already has; tokens reach each row as they come."""
+        rows = list(batch.rows)
+        contexts = [row.prompt_ids + row.tokens for row in rows]
         length = max(map(len, contexts))
         pad_lengths = [length - len(context) for context in contexts]
         input_ids = torch.full((len(contexts), length), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -645,23 +600,44 @@ class GenerationBatcher:
         for i, context in enumerate(contexts):
             input_ids[i, pad_lengths[i] :] = torch.tensor(context)
             attention_mask[i, pad_lengths[i] :] = 1
-        stopping = _RowStopping(batch, length)
-        config = _plain_generation_config(
-            self.model,
-            self.tokenizer,
-            max_new_tokens=max(stopping.budgets),
-            do_sample=False,
-            num_beams=1,
-        )
+        sampler = _RowSampler(rows, pad_lengths)
+        cache = DynamicCache(config=self.model.config)
+        step_ids = input_ids  # the first step reads the whole contexts
         with torch.no_grad():
-            self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=config,
-                logits_processor=LogitsProcessorList([_RowSampler(batch.rows, pad_lengths)]),
-                stopping_criteria=StoppingCriteriaList([stopping]),
-                streamer=_RowStreamer(batch.rows, self.eos_token_ids),
-            )
+            while True:
+                logits = self.model(
+                    step_ids,
+                    attention_mask=attention_mask,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).logits[:, -1]
+                tokens = sampler(input_ids, logits.float())
+                going = []
+                for i, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
+                    if token in self.eos_token_ids or row.cancelled.is_set():
+                        row.finish()
+                        continue
+                    row.add(token)
+                    if len(row.tokens) >= row.settings.max_new_tokens:
+                        row.finish()
+                    else:
+                        going.append(i)
+                if not going or batch.rebatch.is_set():
+                    return
+                step_ids = tokens[:, None]
+                input_ids = torch.cat([input_ids, step_ids], dim=1)
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
+                if len(going) < len(rows):
+                    index = torch.tensor(going)
+                    rows = [rows[i] for i in going]
+                    step_ids, input_ids, attention_mask = (
+                        step_ids[index],
+                        input_ids[index],
+                        attention_mask[index],
+                    )
+                    cache.reorder_cache(index)  # keys and values of every layer, and the LSTM state
+                    sampler.select(index)
 
 
 def _decode_complete(tokenizer, ids: list[int]) -> str:

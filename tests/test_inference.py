@@ -244,6 +244,45 @@ def test_seeded_sampling_is_the_same_alone_and_in_a_batch(models, monkeypatch):
     assert results["a"] == alone
 
 
+def test_rows_leave_the_batch_when_they_end(models, monkeypatch):
+    # Three rows that end after 3, 12 and 30 tokens: each step computes only the rows still going, and
+    # every row's text is the one it makes alone.
+    limits = {"a": 3, "b": 12, "c": 30}
+    prompts = {"a": "The movie was", "b": "A much longer prompt than the others", "c": "Hi"}
+    settings = dict(strategy="sample", temperature=0.7, top_k=0, top_p=1.0, seed=3)
+
+    def make(key):
+        return inference.generate(models, prompts[key], **settings, max_new_tokens=limits[key])
+
+    alone = {key: make(key) for key in prompts}
+    assert [alone[key].num_tokens for key in prompts] == [3, 12, 30]  # no eos came first: a fair test
+
+    rows_per_step = []
+    forward = models.lm.forward
+
+    def counting(input_ids, *args, **kwargs):
+        rows_per_step.append(input_ids.shape[0])
+        return forward(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(models.lm, "forward", counting)
+    monkeypatch.setattr(models.batcher, "window_s", 0.5)
+    monkeypatch.setattr(models.batcher, "quiet_s", 0.5)
+    busy = inference.generate_stream(models, "Keep the server busy", strategy="greedy", max_new_tokens=30)
+    next(busy)
+    results = {}
+    threads = [threading.Thread(target=lambda k=key: results.update({k: make(k)})) for key in prompts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    busy.close()
+    assert list(models.batcher.batch_sizes)[-1] == 3
+    assert {key: result.text for key, result in results.items()} == {k: r.text for k, r in alone.items()}
+    # The batch of three: a pass over the prompts, then steps of 3, 2 and 1 rows (busy's steps are 1-row).
+    batch_steps = rows_per_step[rows_per_step.index(3) :]
+    assert batch_steps[:3] == [3, 3, 3] and batch_steps.count(2) == 9 and batch_steps.count(1) >= 18
+
+
 def slow_decoding(models, monkeypatch, seconds: float = 0.02):
     """Each forward pass of the language model takes at least ``seconds``: a request keeps running
     long enough for others to arrive while it does."""
