@@ -19,7 +19,7 @@ import random
 import re
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
@@ -462,6 +462,16 @@ def group_texts(examples: dict[str, list], block_size: int) -> dict[str, list]:
     return blocks
 
 
+def truncate(ids: Sequence[int], max_length: int, tokenizer) -> list[int]:
+    """At most ``max_length`` of ``ids``, cut on the tokenizer's ``truncation_side``: ``"right"`` (the
+    default) keeps the first tokens, ``"left"`` the last ones, as the tokenizer's own truncation does."""
+    if len(ids) <= max_length:
+        return list(ids)
+    return list(
+        ids[-max_length:] if getattr(tokenizer, "truncation_side", "right") == "left" else ids[:max_length]
+    )
+
+
 def encode_classification(
     examples: dict[str, list],
     tokenizer,
@@ -479,10 +489,7 @@ def encode_classification(
     if max_length < 1:
         raise ValueError(f"max_length={max_length} must be at least 1.")
     encoded = tokenizer(examples[text_column], add_special_tokens=False)["input_ids"]
-    keep_end = getattr(tokenizer, "truncation_side", "right") == "left"
-    input_ids = [
-        (ids[-max_length:] if keep_end else ids[:max_length]) or [tokenizer.eos_token_id] for ids in encoded
-    ]
+    input_ids = [truncate(ids, max_length, tokenizer) or [tokenizer.eos_token_id] for ids in encoded]
     return {
         "input_ids": input_ids,
         "attention_mask": [[1] * len(ids) for ids in input_ids],

@@ -44,6 +44,7 @@ from transformers import (
 )
 
 from . import attention_view
+from .data import truncate
 from .tokenization import REPLACEMENT_CHAR, readable_pieces
 
 # Longer text is refused rather than cut: 20,000 characters is ~25 pages, far past every model's window.
@@ -454,10 +455,10 @@ class GenerationBatcher:
     finds others running or waiting is a sign of a burst, so the collector first gathers what arrives
     until no request has come for ``quiet_s``, at most ``window_s``. If a running batch has room and
     none of its rows has more than ``rebatch_max_tokens`` tokens yet, it is asked to stop after its
-    current token; its unfinished rows then continue (their tokens so far read as prompt, their random generators where they were)
-    in one batch with the new requests, up to ``max_batch_size`` rows. So a burst of users who reach
-    the server one by one is decoded as one batch, not as a queue of small ones, at the cost of
-    reading the first rows' prompts again. Otherwise the new requests form their own batch once one
+    current token; its unfinished rows then continue (their tokens so far read as prompt, their random
+    generators where they were) in one batch with the new requests, up to ``max_batch_size`` rows. So
+    a burst of users who reach the server one by one is decoded as one batch, not as a queue of small
+    ones, at the cost of reading the first rows' prompts again. Otherwise the new requests form their own batch once one
     of ``num_workers`` is free. Rows that end leave their batch at once (see ``generate``).
     """
 
@@ -591,8 +592,7 @@ class GenerationBatcher:
         with it, so a step costs only the rows still going: a burst of sampled requests ends at
         different lengths, and generate() would keep computing every row until the longest is done.
         A row continues after the tokens it already has; tokens reach each row as they come."""
-        rows = list(batch.rows)
-        contexts = [row.prompt_ids + row.tokens for row in rows]
+        contexts = [row.prompt_ids + row.tokens for row in batch.rows]
         length = max(map(len, contexts))
         pad_lengths = [length - len(context) for context in contexts]
         input_ids = torch.full((len(contexts), length), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -600,7 +600,7 @@ class GenerationBatcher:
         for i, context in enumerate(contexts):
             input_ids[i, pad_lengths[i] :] = torch.tensor(context)
             attention_mask[i, pad_lengths[i] :] = 1
-        sampler = _RowSampler(rows, pad_lengths)
+        sampler = _RowSampler(list(batch.rows), pad_lengths)  # its rows: those still going
         cache = DynamicCache(config=self.model.config)
         step_ids = input_ids  # the first step reads the whole contexts
         with torch.no_grad():
@@ -614,7 +614,7 @@ class GenerationBatcher:
                 ).logits[:, -1]
                 tokens = sampler(input_ids, logits.float())
                 going = []
-                for i, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
+                for i, (row, token) in enumerate(zip(sampler.rows, tokens.tolist(), strict=True)):
                     if token in self.eos_token_ids or row.cancelled.is_set():
                         row.finish()
                         continue
@@ -627,10 +627,9 @@ class GenerationBatcher:
                     return
                 step_ids = tokens[:, None]
                 input_ids = torch.cat([input_ids, step_ids], dim=1)
-                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
-                if len(going) < len(rows):
+                attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
+                if len(going) < len(sampler.rows):
                     index = torch.tensor(going)
-                    rows = [rows[i] for i in going]
                     step_ids, input_ids, attention_mask = (
                         step_ids[index],
                         input_ids[index],
@@ -797,7 +796,7 @@ def classify(models: Models, text: str) -> ClassifyResult:
     window = context_window(model, tokenizer)
     truncated = max(0, len(ids) - window)
     side = "left" if getattr(tokenizer, "truncation_side", "right") == "left" else "right"
-    ids = ids[len(ids) - window :] if side == "left" and truncated else ids[:window]
+    ids = truncate(ids, window, tokenizer)
     input_ids = torch.tensor([ids])
     with torch.enable_grad():
         embeddings = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)  # (1, T, H)
