@@ -4,11 +4,13 @@ The Gradio app, the tests, the benchmarks and the command line all call these; n
 UI. Every function takes the ``Models`` loaded once by ``load_models``, checks its inputs (raising
 ``InputError``, whose message says what is allowed) and returns plain data.
 
-- Generation goes through ``GenerationMixin.generate``. Requests that arrive together are decoded as one
-  left-padded batch, as text-generation servers do: on this project's CPU a batch of 16 short prompts
-  decodes in about twice the time of one. Each row keeps its own settings and seed: a logits processor draws each row's token
-  with that row's temperature, top-k, top-p, repetition penalty and random generator, so a seeded
-  request gives the same text alone or batched.
+- Sampled and greedy generation: requests that arrive together are decoded as one left-padded batch,
+  as text-generation servers do, by a loop over the model's forward pass and its cache (a row that
+  ends leaves the batch at once). Each row keeps its own settings and seed: the sampler draws each
+  row's token with that row's temperature, top-k, top-p, repetition penalty and random generator, so
+  a seeded request gives the same text alone or batched. Beam search goes through
+  ``GenerationMixin.generate``.
+- The models' linear layers run on oneDNN's fp32 kernels when gradients are off (``packed_linear``).
 - Attributions are gradient x input on the input embeddings (Shrikumar et al., 2016), summed over the
   tokens of each readable piece.
 - The extractive summary ranks sentences by the cosine of their mean contextual embedding to the
@@ -45,6 +47,7 @@ from transformers import (
 
 from . import attention_view
 from .data import truncate
+from .packed_linear import pack_linears
 from .tokenization import REPLACEMENT_CHAR, readable_pieces
 
 # Longer text is refused rather than cut: 20,000 characters is ~25 pages, far past every model's window.
@@ -193,7 +196,9 @@ def _load(path: str, auto_class, role: str):
         raise ModelLoadError(f"Could not load the {role} from the {where} {path!r}: {err}", role) from err
     if tokenizer.pad_token_id is None:  # GPT-2-style tokenizers: pad with eos, as generate() does
         tokenizer.pad_token = tokenizer.eos_token
-    return model.eval().requires_grad_(False), tokenizer
+    model.eval().requires_grad_(False)
+    pack_linears(model)  # oneDNN's fp32 kernels: the same results, faster on the CPU (packed_linear.py)
+    return model, tokenizer
 
 
 def context_window(model: PreTrainedModel, tokenizer) -> int:
@@ -399,16 +404,17 @@ class _RowSampler:
         penalized = torch.where(seen_scores < 0, seen_scores * self.penalty, seen_scores / self.penalty)
         scores = scores.scatter(1, seen, penalized)
 
-        greedy_tokens = scores.argmax(-1)
-        if bool(self.greedy.all()):
-            return greedy_tokens
+        any_greedy = bool(self.greedy.any())
+        if any_greedy and bool(self.greedy.all()):
+            return scores.argmax(-1)
 
         # Temperature, top-k, then top-p on what top-k kept, in the order of Transformers' warpers.
         # Only the largest top_k candidates are sorted: a full sort of the vocabulary costs as much as
-        # the model's decoding step.
+        # the model's decoding step. A temperature keeps the order, so it divides only the candidates.
         top_k = torch.where(self.top_k > 0, self.top_k, vocab_size)
         num_candidates = int(top_k.max())
-        sorted_logits, order = (scores / self.temperature).topk(num_candidates, dim=-1)  # (B, K)
+        sorted_logits, order = scores.topk(num_candidates, dim=-1)  # (B, K)
+        sorted_logits = sorted_logits / self.temperature
         sorted_logits = sorted_logits.masked_fill(torch.arange(num_candidates) >= top_k, -math.inf)
         probs = torch.softmax(sorted_logits, dim=-1)
         # The smallest prefix whose mass reaches top_p; the first token always stays.
@@ -417,7 +423,8 @@ class _RowSampler:
         # Inverse-CDF sampling with one uniform draw from each row's own generator.
         uniform = torch.cat([torch.rand(1, generator=row.generator) for row in self.rows])
         index = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None]).clamp(max=num_candidates - 1)
-        return torch.where(self.greedy, greedy_tokens, order.gather(1, index)[:, 0])
+        sampled = order.gather(1, index)[:, 0]
+        return torch.where(self.greedy, scores.argmax(-1), sampled) if any_greedy else sampled
 
 
 @dataclass(eq=False)

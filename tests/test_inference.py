@@ -17,6 +17,7 @@ from llm_memory import (
     inference,
 )
 from llm_memory.inference import InputError, ModelLoadError
+from llm_memory.packed_linear import PackedLinear
 from llm_memory.tokenization import REPLACEMENT_CHAR, Piece
 
 TINY_WINDOW = 64
@@ -75,6 +76,12 @@ def tiny_checkpoints(tokenizer, tmp_path_factory):
 @pytest.fixture(scope="module")
 def models(tiny_checkpoints):
     return inference.load_models(tiny_checkpoints["model"], tiny_checkpoints["classifier"])
+
+
+def test_load_models_serves_on_packed_linear_layers(models):
+    for model in (models.lm, models.classifier):
+        assert any(isinstance(module, PackedLinear) for module in model.modules())
+        assert not any(type(module) is torch.nn.Linear for module in model.modules())
 
 
 @pytest.fixture(scope="module")

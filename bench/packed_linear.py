@@ -1,0 +1,156 @@
+"""oneDNN-packed linear layers (``llm_memory.packed_linear``) against PyTorch's ``nn.Linear``, side by side.
+
+The default checkpoint is loaded twice in one process: as ``from_pretrained`` gives it (``nn.Linear``:
+MKL's sgemm) and as the app serves it (``pack_linears``). The two take turns in every round, the order
+alternating, on one torch thread as the app runs; figures are medians over rounds and each ratio is
+the median of the per-round ratios.
+
+- one request: mean seconds of the Generate tab's request ("The movie was", 128 new tokens) over
+  seeds 0-15, sent one at a time through ``inference.generate``;
+- 16 at once: the same 16 requests sent together (decoded as one batch);
+- prompt pass: one forward pass over 16 prompts of 200 tokens;
+- attention view: ``inference.attention`` on 256 tokens.
+
+Parity: the 16 sampled texts of both are compared token for token, and the largest logit difference
+on a 256-token text is reported.
+
+    python bench/packed_linear.py [--model PATH] [--rounds 5] [--json bench/results/packed_linear.json]
+"""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench/model_speed.py
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from llm_memory import inference  # noqa: E402
+from llm_memory.data import load_movie_reviews  # noqa: E402
+from llm_memory.packed_linear import PackedLinear  # noqa: E402
+
+PROMPT = "The movie was"
+NEW_TOKENS = 128
+NUM_REQUESTS = 16
+
+
+def one_at_a_time(models) -> tuple[float, list[str]]:
+    seconds, texts = [], []
+    for seed in range(NUM_REQUESTS):
+        start = time.perf_counter()
+        texts.append(inference.generate(models, PROMPT, max_new_tokens=NEW_TOKENS, seed=seed).text)
+        seconds.append(time.perf_counter() - start)
+    return statistics.mean(seconds), texts
+
+
+def all_at_once(models) -> tuple[float, list[str]]:
+    texts = [None] * NUM_REQUESTS
+
+    def run(seed: int):
+        texts[seed] = inference.generate(models, PROMPT, max_new_tokens=NEW_TOKENS, seed=seed).text
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(NUM_REQUESTS)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start, texts
+
+
+def timed(work) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(ROOT / "checkpoints/memory-lm"))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", help="Also write the results to this file.")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    packed = inference.load_models(args.model)
+    plain_lm = AutoModelForCausalLM.from_pretrained(args.model).eval().requires_grad_(False)
+    plain = inference.Models(plain_lm, packed.lm_tokenizer)
+    contenders = {"nn.Linear": plain, "packed": packed}
+    assert not packed_count(plain_lm) and packed_count(packed.lm), "one copy plain, one packed"
+
+    tokenizer = packed.lm_tokenizer
+    ids = tokenizer(
+        " ".join(load_movie_reviews()["test"]["text"][:20]), add_special_tokens=False, verbose=False
+    )["input_ids"]
+    window_text = tokenizer.decode(ids[:256])
+    prompts = torch.tensor([ids[i : i + 200] for i in range(0, 16 * 50, 50)])  # (16, 200)
+
+    def prompt_pass(models):
+        with torch.no_grad():
+            models.lm(prompts)
+
+    measures = {
+        "one_request_s": lambda models: one_at_a_time(models)[0],
+        "sixteen_at_once_s": lambda models: all_at_once(models)[0],
+        "prompt_pass_16x200_s": lambda models: timed(lambda: prompt_pass(models)),
+        "attention_256_s": lambda models: timed(lambda: inference.attention(models, window_text)),
+    }
+    for models in contenders.values():  # warm-up
+        for measure in measures.values():
+            measure(models)
+    seconds = {name: {key: [] for key in measures} for name in contenders}
+    for round_index in range(args.rounds):
+        order = list(contenders) if round_index % 2 == 0 else list(reversed(contenders))
+        for key, measure in measures.items():
+            for name in order:
+                seconds[name][key].append(measure(contenders[name]))
+
+    texts = {name: one_at_a_time(models)[1] for name, models in contenders.items()}
+    batched_texts = all_at_once(packed)[1]
+    window_ids = torch.tensor([ids[:256]])
+    with torch.no_grad():
+        logit_difference = (packed.lm(window_ids).logits - plain_lm(window_ids).logits).abs().max().item()
+
+    results = {"model": args.model, "rounds": args.rounds, "threads": 1}
+    print(f"model: {args.model} · one torch thread · medians of {args.rounds} rounds\n")
+    print(f"| {'measure':<28} | {'nn.Linear':>9} | {'packed':>9} | {'packed / nn.Linear':>18} |")
+    print(f"|{'-' * 30}|{'-' * 11}|{'-' * 11}|{'-' * 20}|")
+    for key in measures:
+        ratios = [p / q for p, q in zip(seconds["packed"][key], seconds["nn.Linear"][key], strict=True)]
+        row = {name: statistics.median(seconds[name][key]) for name in contenders}
+        row["ratio"] = statistics.median(ratios)
+        results[key] = row
+        print(f"| {key:<28} | {row['nn.Linear']:>8.3f}s | {row['packed']:>8.3f}s | {row['ratio']:>18.2f} |")
+    for name in contenders:
+        one = results["one_request_s"][name]
+        results[f"sixteen_over_one_{name}"] = results["sixteen_at_once_s"][name] / one
+    results["same_texts_alone"] = texts["packed"] == texts["nn.Linear"]
+    results["same_texts_batched"] = batched_texts == texts["nn.Linear"]
+    results["max_logit_difference"] = logit_difference
+    print(
+        f"\n16 at once / one: nn.Linear {results['sixteen_over_one_nn.Linear']:.2f}x, "
+        f"packed {results['sixteen_over_one_packed']:.2f}x"
+    )
+    print(
+        f"same 16 texts alone: {results['same_texts_alone']} · batched: {results['same_texts_batched']} · "
+        f"largest logit difference on 256 tokens: {logit_difference:.1e}"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def packed_count(model) -> int:
+    return sum(isinstance(module, PackedLinear) for module in model.modules())
+
+
+if __name__ == "__main__":
+    main()
