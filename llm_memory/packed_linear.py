@@ -14,6 +14,7 @@ weight, used only where no gradient is needed. A weight changed in place (an opt
 """
 
 import os
+import platform
 
 import torch
 from torch import nn
@@ -23,9 +24,11 @@ PACK_BATCH_SIZE = 16
 
 
 def available() -> bool:
-    """Whether this PyTorch has oneDNN and the packed linear kernel; LLM_MEMORY_PACKED_LINEAR=0 opts out."""
+    """Whether this is an x86-64 CPU (where it was measured) and PyTorch has oneDNN and the packed
+    linear kernel; LLM_MEMORY_PACKED_LINEAR=0 opts out."""
     return (
         os.environ.get("LLM_MEMORY_PACKED_LINEAR", "1") != "0"
+        and platform.machine().lower() in ("x86_64", "amd64")
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
@@ -60,10 +63,22 @@ class PackedLinear(nn.Linear):
         return torch.ops.mkldnn._linear_pointwise(input, self._packed_weight(), self.bias, "none", [], "")
 
 
+def works() -> bool:
+    """Whether the packed kernel runs here and gives nn.Linear's result, on a small layer."""
+    generator = torch.Generator().manual_seed(0)
+    linear = nn.Linear(32, 48)
+    inputs = torch.randn(3, 32, generator=generator)
+    try:
+        with torch.no_grad():
+            return torch.allclose(PackedLinear(linear)(inputs), linear(inputs), rtol=1e-4, atol=1e-5)
+    except RuntimeError:
+        return False
+
+
 def pack_linears(model: nn.Module) -> int:
     """Swaps every ``nn.Linear`` of ``model`` for a ``PackedLinear`` in place; returns how many. Does
-    nothing where oneDNN is missing (``available``)."""
-    if not available():
+    nothing where oneDNN is missing (``available``) or its kernel fails a check (``works``)."""
+    if not (available() and works()):
         return 0
     names = [
         name

@@ -97,3 +97,14 @@ def test_the_switch_turns_packing_off(monkeypatch):
     model = tiny_lm()
     assert pack_linears(model) == 0
     assert any(type(m) is nn.Linear for m in model.modules())
+
+
+def test_a_kernel_that_fails_its_check_leaves_the_model_plain(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such kernel on this CPU")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", broken)
+    assert not packed_linear.works()
+    model = tiny_lm()
+    assert pack_linears(model) == 0
+    assert any(type(m) is nn.Linear for m in model.modules())
