@@ -9,8 +9,8 @@ of the sums differs). ``bench/model_speed.py`` measures both side by side.
 
 ``pack_linears(model)`` swaps each ``nn.Linear`` for a ``PackedLinear`` that shares its parameters
 (the state dict, tied weights and ``save_pretrained`` do not change) and keeps a packed copy of the
-weight, used only where no gradient is needed. A weight changed in place (an optimizer step,
-``load_state_dict``) is packed again on its next use.
+weight, used only where no gradient is needed. A weight that changed since (in place, as an optimizer
+step or ``load_state_dict`` do, or replaced) is packed again on its next use.
 """
 
 import os
@@ -43,12 +43,16 @@ class PackedLinear(nn.Linear):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias  # the same Parameters, not copies
         self._packed: torch.Tensor | None = None
-        self._packed_version = -1  # of the weight when it was packed
+        self._packed_from: tuple | None = None  # (the weight packed, (its storage's address, its version))
 
     def _packed_weight(self) -> torch.Tensor:
-        if self._packed is None or self._packed_version != self.weight._version:
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), PACK_BATCH_SIZE)
-            self._packed_version = self.weight._version
+        # A new Parameter (weights tied or resized), new data under it (``.data =``) or an in-place
+        # change (an optimizer step, ``load_state_dict``) each make the packed copy stale.
+        weight = self.weight
+        state = (weight.data_ptr(), weight._version)
+        if self._packed is None or self._packed_from[0] is not weight or self._packed_from[1] != state:
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_BATCH_SIZE)
+            self._packed_from = (weight, state)
         return self._packed
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

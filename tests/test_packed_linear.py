@@ -53,6 +53,18 @@ def test_packed_linear_shares_its_parameters_and_follows_in_place_changes():
         torch.testing.assert_close(packed(inputs), linear(inputs), rtol=1e-5, atol=1e-5)
 
 
+def test_a_replaced_weight_is_packed_again():
+    linear = nn.Linear(16, 24)
+    packed = PackedLinear(linear)
+    inputs = torch.randn(4, 16)
+    with torch.no_grad():
+        packed(inputs)
+        packed.weight = nn.Parameter(torch.randn(24, 16))  # as tying or resizing embeddings does
+        torch.testing.assert_close(packed(inputs), nn.functional.linear(inputs, packed.weight, packed.bias))
+        packed.weight.data = torch.randn(24, 16)  # new data under the same Parameter
+        torch.testing.assert_close(packed(inputs), nn.functional.linear(inputs, packed.weight, packed.bias))
+
+
 def test_with_gradients_on_the_plain_path_runs_and_backpropagates():
     torch.manual_seed(0)
     linear = nn.Linear(16, 8)
