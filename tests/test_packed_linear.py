@@ -120,3 +120,12 @@ def test_a_kernel_that_fails_its_check_leaves_the_model_plain(monkeypatch):
     model = tiny_lm()
     assert pack_linears(model) == 0
     assert any(type(m) is nn.Linear for m in model.modules())
+
+
+def test_packing_leaves_the_random_numbers_alone():
+    model = nn.Sequential(nn.Linear(4, 4))
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    assert pack_linears(model) == 1
+    assert torch.equal(torch.rand(4), expected)
