@@ -3,24 +3,11 @@ the plain path wherever a gradient is needed."""
 
 import pytest
 import torch
+from test_model import tiny_lm
 from torch import nn
 
-from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM, packed_linear
+from llm_memory import MemoryTransformerForCausalLM, packed_linear
 from llm_memory.packed_linear import PackedLinear, pack_linears
-
-
-def tiny_lm() -> MemoryTransformerForCausalLM:
-    torch.manual_seed(0)
-    config = MemoryTransformerConfig(
-        vocab_size=96,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        use_lstm=True,
-    )
-    return MemoryTransformerForCausalLM(config).eval()
 
 
 def test_onednn_is_there_on_this_platform():
@@ -95,7 +82,7 @@ def test_a_packed_model_gives_the_same_logits_keeps_its_state_dict_and_saves(tmp
     assert not any(type(m) is nn.Linear for m in model.modules())
     assert list(model.state_dict()) == keys_before
     assert model.lm_head.weight is model.model.embed_tokens.weight  # the tie survives
-    input_ids = torch.randint(3, 96, (2, 20))
+    input_ids = torch.randint(3, 97, (2, 20))
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids).logits, plain(input_ids).logits, rtol=1e-4, atol=1e-5)
     model.save_pretrained(tmp_path)
