@@ -9,7 +9,8 @@ the median of the per-round ratios.
   seeds 0-15, sent one at a time through ``inference.generate``;
 - 16 at once: the same 16 requests sent together (decoded as one batch);
 - prompt pass: one forward pass over 16 prompts of 200 tokens;
-- attention view: ``inference.attention`` on 256 tokens.
+- attention view: ``inference.attention`` on 256 tokens;
+- decoding step: one token for 1 row and for 16 rows, the cache holding 80 to 128 tokens.
 
 Parity: the 16 sampled texts of both are compared token for token, and the largest logit difference
 on a 256-token text is reported.
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -98,11 +99,24 @@ def main():
         with torch.no_grad():
             models.lm(prompts)
 
+    def decode_step(models, rows: int, steps: int = 48) -> float:
+        """Mean seconds of a decoding step of ``rows`` rows, the cache holding 80 to 128 tokens."""
+        cache = DynamicCache(config=models.lm.config)
+        with torch.no_grad():
+            models.lm(prompts[:rows, :80], past_key_values=cache, use_cache=True)
+            step_ids = prompts[:rows, 80:81]
+            start = time.perf_counter()
+            for _ in range(steps):
+                models.lm(step_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            return (time.perf_counter() - start) / steps
+
     measures = {
         "one_request_s": lambda models: one_at_a_time(models)[0],
         "sixteen_at_once_s": lambda models: all_at_once(models)[0],
         "prompt_pass_16x200_s": lambda models: timed(lambda: prompt_pass(models)),
         "attention_256_s": lambda models: timed(lambda: inference.attention(models, window_text)),
+        "decode_step_1_row_s": lambda models: decode_step(models, 1),
+        "decode_step_16_rows_s": lambda models: decode_step(models, 16),
     }
     for models in contenders.values():  # warm-up
         for measure in measures.values():
@@ -122,23 +136,27 @@ def main():
 
     results = {"model": args.model, "rounds": args.rounds, "threads": 1}
     print(f"model: {args.model} · one torch thread · medians of {args.rounds} rounds\n")
-    print(f"| {'measure':<28} | {'nn.Linear':>9} | {'packed':>9} | {'packed / nn.Linear':>18} |")
-    print(f"|{'-' * 30}|{'-' * 11}|{'-' * 11}|{'-' * 20}|")
+    print(f"| {'measure':<28} | {'nn.Linear':>10} | {'packed':>10} | {'packed / nn.Linear':>18} |")
+    print(f"|{'-' * 30}|{'-' * 12}|{'-' * 12}|{'-' * 20}|")
     for key in measures:
         ratios = [p / q for p, q in zip(seconds["packed"][key], seconds["nn.Linear"][key], strict=True)]
         row = {name: statistics.median(seconds[name][key]) for name in contenders}
         row["ratio"] = statistics.median(ratios)
         results[key] = row
-        print(f"| {key:<28} | {row['nn.Linear']:>8.3f}s | {row['packed']:>8.3f}s | {row['ratio']:>18.2f} |")
+        plain_ms, packed_ms = 1000 * row["nn.Linear"], 1000 * row["packed"]
+        print(f"| {key:<28} | {plain_ms:>7.1f} ms | {packed_ms:>7.1f} ms | {row['ratio']:>18.2f} |")
     for name in contenders:
         one = results["one_request_s"][name]
         results[f"sixteen_over_one_{name}"] = results["sixteen_at_once_s"][name] / one
+        step = results["decode_step_1_row_s"][name]
+        results[f"step_16_over_1_{name}"] = results["decode_step_16_rows_s"][name] / step
     results["same_texts_alone"] = texts["packed"] == texts["nn.Linear"]
     results["same_texts_batched"] = batched_texts == texts["nn.Linear"]
     results["max_logit_difference"] = logit_difference
     print(
         f"\n16 at once / one: nn.Linear {results['sixteen_over_one_nn.Linear']:.2f}x, "
-        f"packed {results['sixteen_over_one_packed']:.2f}x"
+        f"packed {results['sixteen_over_one_packed']:.2f}x · a step of 16 rows / a step of one: "
+        f"nn.Linear {results['step_16_over_1_nn.Linear']:.2f}x, packed {results['step_16_over_1_packed']:.2f}x"
     )
     print(
         f"same 16 texts alone: {results['same_texts_alone']} · batched: {results['same_texts_batched']} · "

@@ -3,8 +3,8 @@
 PyTorch runs an fp32 ``nn.Linear`` on the CPU through MKL's sgemm, with the weight in its plain layout.
 oneDNN, which PyTorch also ships, has fp32 kernels (``torch.ops.mkldnn._linear_pointwise``) that take
 the weight once in their own blocked layout. On this project's CPU (AMD EPYC, AVX-512) the default
-model then generates one request in 0.76x the time and 16 at once in 0.72x, with the same fp32
-arithmetic: outputs agree to ~1e-6 (only the order of the sums differs) and the sampled texts are the
+model then generates one request in 0.76-0.85x the time and 16 at once in 0.66-0.72x, with the same
+fp32 arithmetic: outputs agree to ~1e-6 (only the order of the sums differs) and the sampled texts are the
 same token for token. ``bench/packed_linear.py`` measures both side by side.
 
 ``pack_linears(model)`` swaps each ``nn.Linear`` for a ``PackedLinear`` that shares its parameters
