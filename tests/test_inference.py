@@ -217,6 +217,25 @@ def test_sampling_with_top_k_1_is_greedy(models):
     assert top1 == greedy
 
 
+def run_together_while_busy(models, monkeypatch, run, keys, busy_tokens: int) -> dict:
+    """``run(key)`` for every key on its own thread, while a greedy request keeps the server busy: the
+    batcher then waits its (widened) window and decodes them as one batch. Returns each key's result."""
+    monkeypatch.setattr(models.batcher, "window_s", 0.5)
+    monkeypatch.setattr(models.batcher, "quiet_s", 0.5)
+    busy = inference.generate_stream(
+        models, "Keep the server busy", strategy="greedy", max_new_tokens=busy_tokens
+    )
+    next(busy)
+    results = {}
+    threads = [threading.Thread(target=lambda k=key: results.update({k: run(k)})) for key in keys]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    busy.close()
+    return results
+
+
 def test_seeded_sampling_is_the_same_alone_and_in_a_batch(models, monkeypatch):
     settings = dict(strategy="sample", max_new_tokens=10, temperature=1.5, top_k=0, top_p=1.0, seed=7)
     alone = inference.generate(models, "The movie was", **settings).text
@@ -225,11 +244,6 @@ def test_seeded_sampling_is_the_same_alone_and_in_a_batch(models, monkeypatch):
 
     # With a generation running, the batcher waits its window for more: the four requests below
     # become one batch of rows of different lengths, each with its own settings.
-    monkeypatch.setattr(models.batcher, "window_s", 0.5)
-    monkeypatch.setattr(models.batcher, "quiet_s", 0.5)
-    busy = inference.generate_stream(models, "Keep the server busy", strategy="greedy", max_new_tokens=60)
-    next(busy)
-    results = {}
     prompts = {
         "a": "The movie was",
         "b": "A much longer prompt than the others, to pad the rest",
@@ -239,14 +253,9 @@ def test_seeded_sampling_is_the_same_alone_and_in_a_batch(models, monkeypatch):
 
     def run(key):
         seed = 7 if key == "a" else 1
-        results[key] = inference.generate(models, prompts[key], **{**settings, "seed": seed}).text
+        return inference.generate(models, prompts[key], **{**settings, "seed": seed}).text
 
-    threads = [threading.Thread(target=run, args=(key,)) for key in prompts]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    busy.close()
+    results = run_together_while_busy(models, monkeypatch, run, prompts, busy_tokens=60)
     assert list(models.batcher.batch_sizes)[-1] == 4
     assert results["a"] == alone
 
@@ -272,17 +281,7 @@ def test_rows_leave_the_batch_when_they_end(models, monkeypatch):
         return forward(input_ids, *args, **kwargs)
 
     monkeypatch.setattr(models.lm, "forward", counting)
-    monkeypatch.setattr(models.batcher, "window_s", 0.5)
-    monkeypatch.setattr(models.batcher, "quiet_s", 0.5)
-    busy = inference.generate_stream(models, "Keep the server busy", strategy="greedy", max_new_tokens=30)
-    next(busy)
-    results = {}
-    threads = [threading.Thread(target=lambda k=key: results.update({k: make(k)})) for key in prompts]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    busy.close()
+    results = run_together_while_busy(models, monkeypatch, make, prompts, busy_tokens=30)
     assert list(models.batcher.batch_sizes)[-1] == 3
     assert {key: result.text for key, result in results.items()} == {k: r.text for k, r in alone.items()}
     # The batch of three: a pass over the prompts, then steps of 3, 2 and 1 rows (busy's steps are 1-row).
