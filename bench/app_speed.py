@@ -214,29 +214,48 @@ def rest_seconds(url: str, prompt: str, seeds: Sequence[int]) -> float:
     return asyncio.run(run())
 
 
+def generate_in_process(models, prompt: str, seed: int) -> tuple[float, str]:
+    """Seconds and text of one ``/generate`` request (seed ``seed``) called directly, without HTTP."""
+    start = time.perf_counter()
+    text = inference.generate(models, prompt, max_new_tokens=NEW_TOKENS, seed=seed).text
+    return time.perf_counter() - start, text
+
+
+def one_at_a_time_in_process(models, prompt: str) -> tuple[float, list[str]]:
+    """The burst's requests (seeds 0-15) called one after another: their mean seconds, and their texts."""
+    runs = [generate_in_process(models, prompt, seed) for seed in range(NUM_CLIENTS)]
+    return statistics.mean(seconds for seconds, _ in runs), [text for _, text in runs]
+
+
+def all_at_once_in_process(models, prompt: str) -> tuple[float, list[str]]:
+    """The burst's requests called at once, each on its own thread as Gradio's workers call them:
+    seconds until all are done, and their texts."""
+    texts = [""] * NUM_CLIENTS
+
+    def run(seed: int):
+        texts[seed] = generate_in_process(models, prompt, seed)[1]
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(NUM_CLIENTS)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start, texts
+
+
 def in_process_seconds(args, prompt: str, repeats: int) -> dict[str, float]:
     """One and 16 generations called directly, without HTTP: what the batcher itself achieves."""
     torch.set_num_threads(1)  # as app.py runs
     models = inference.load_models(args.model)
     timings = {}
     for name, text in (("short", SHORT_PROMPT), ("long", prompt)):
-
-        def one(seed: int = 0, text=text) -> float:
-            start = time.perf_counter()
-            inference.generate(models, text, max_new_tokens=NEW_TOKENS, seed=seed)
-            return time.perf_counter() - start
-
-        def sixteen(text=text) -> float:
-            threads = [threading.Thread(target=one, args=(seed, text)) for seed in range(NUM_CLIENTS)]
-            start = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            return time.perf_counter() - start
-
-        timings[f"direct_one_{name}_s"] = median(lambda one=one: one_at_a_time_seconds(one), repeats)
-        timings[f"direct_sixteen_{name}_s"] = median(sixteen, max(1, repeats // 2))
+        timings[f"direct_one_{name}_s"] = median(
+            lambda text=text: one_at_a_time_in_process(models, text)[0], repeats
+        )
+        timings[f"direct_sixteen_{name}_s"] = median(
+            lambda text=text: all_at_once_in_process(models, text)[0], max(1, repeats // 2)
+        )
     return timings
 
 

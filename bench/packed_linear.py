@@ -26,7 +26,6 @@ import argparse
 import json
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -39,33 +38,8 @@ from llm_memory import inference  # noqa: E402
 from llm_memory.data import load_movie_reviews  # noqa: E402
 from llm_memory.packed_linear import PackedLinear  # noqa: E402
 
-PROMPT = "The movie was"
-NEW_TOKENS = 128
-NUM_REQUESTS = 16
-
-
-def one_at_a_time(models) -> tuple[float, list[str]]:
-    seconds, texts = [], []
-    for seed in range(NUM_REQUESTS):
-        start = time.perf_counter()
-        texts.append(inference.generate(models, PROMPT, max_new_tokens=NEW_TOKENS, seed=seed).text)
-        seconds.append(time.perf_counter() - start)
-    return statistics.mean(seconds), texts
-
-
-def all_at_once(models) -> tuple[float, list[str]]:
-    texts = [None] * NUM_REQUESTS
-
-    def run(seed: int):
-        texts[seed] = inference.generate(models, PROMPT, max_new_tokens=NEW_TOKENS, seed=seed).text
-
-    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(NUM_REQUESTS)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return time.perf_counter() - start, texts
+sys.path.insert(0, str(ROOT / "bench"))
+from app_speed import SHORT_PROMPT, all_at_once_in_process, one_at_a_time_in_process  # noqa: E402
 
 
 def timed(work) -> float:
@@ -111,8 +85,8 @@ def main():
             return (time.perf_counter() - start) / steps
 
     measures = {
-        "one_request_s": lambda models: one_at_a_time(models)[0],
-        "sixteen_at_once_s": lambda models: all_at_once(models)[0],
+        "one_request_s": lambda models: one_at_a_time_in_process(models, SHORT_PROMPT)[0],
+        "sixteen_at_once_s": lambda models: all_at_once_in_process(models, SHORT_PROMPT)[0],
         "prompt_pass_16x200_s": lambda models: timed(lambda: prompt_pass(models)),
         "attention_256_s": lambda models: timed(lambda: inference.attention(models, window_text)),
         "decode_step_1_row_s": lambda models: decode_step(models, 1),
@@ -128,8 +102,8 @@ def main():
             for name in order:
                 seconds[name][key].append(measure(contenders[name]))
 
-    texts = {name: one_at_a_time(models)[1] for name, models in contenders.items()}
-    batched_texts = all_at_once(packed)[1]
+    texts = {name: one_at_a_time_in_process(models, SHORT_PROMPT)[1] for name, models in contenders.items()}
+    batched_texts = all_at_once_in_process(packed, SHORT_PROMPT)[1]
     window_ids = torch.tensor([ids[:256]])
     with torch.no_grad():
         logit_difference = (packed.lm(window_ids).logits - plain_lm(window_ids).logits).abs().max().item()

@@ -32,11 +32,12 @@ def tfidf_baseline(train, test) -> np.ndarray:
 
 @torch.no_grad()
 def ours(
-    model_path: str, texts: list[str], max_length: int, batch_size: int, read: str = "head", carry_kv: int = 0
+    model_path: str, texts: list[str], max_length: int, batch_size: int, read: str = "auto", carry_kv: int = 0
 ) -> np.ndarray:
-    """Our classifier's labels. ``read``: as the checkpoint's tokenizer truncates, like a pipeline (auto),
-    the first ``max_length`` tokens of each review (head), the last (tail), or the whole review window by window with the LSTM state (and ``carry_kv`` keys and values)
-    carried over, classified at its last token (windows)."""
+    """Our classifier's labels. ``read``: as the checkpoint's tokenizer truncates, like a pipeline
+    (auto); the first ``max_length`` tokens of each review (head); the last (tail); or the whole review
+    window by window with the LSTM state (and ``carry_kv`` keys and values) carried over, classified at
+    its last token (windows)."""
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path).eval()
     if read == "windows":
