@@ -462,14 +462,17 @@ def group_texts(examples: dict[str, list], block_size: int) -> dict[str, list]:
     return blocks
 
 
+def truncation_side(tokenizer) -> str:
+    """``"left"`` if the tokenizer cuts long texts from their start, else ``"right"`` (the default)."""
+    return "left" if getattr(tokenizer, "truncation_side", "right") == "left" else "right"
+
+
 def truncate(ids: Sequence[int], max_length: int, tokenizer) -> list[int]:
     """At most ``max_length`` of ``ids``, cut on the tokenizer's ``truncation_side``: ``"right"`` (the
     default) keeps the first tokens, ``"left"`` the last ones, as the tokenizer's own truncation does."""
     if len(ids) <= max_length:
         return list(ids)
-    return list(
-        ids[-max_length:] if getattr(tokenizer, "truncation_side", "right") == "left" else ids[:max_length]
-    )
+    return list(ids[-max_length:] if truncation_side(tokenizer) == "left" else ids[:max_length])
 
 
 def encode_classification(

@@ -46,7 +46,7 @@ from transformers import (
 )
 
 from . import attention_view
-from .data import truncate
+from .data import truncate, truncation_side
 from .packed_linear import pack_linears
 from .tokenization import REPLACEMENT_CHAR, readable_pieces
 
@@ -802,7 +802,6 @@ def classify(models: Models, text: str) -> ClassifyResult:
     ids = encode(tokenizer, text)
     window = context_window(model, tokenizer)
     truncated = max(0, len(ids) - window)
-    side = "left" if getattr(tokenizer, "truncation_side", "right") == "left" else "right"
     ids = truncate(ids, window, tokenizer)
     input_ids = torch.tensor([ids])
     with torch.enable_grad():
@@ -818,7 +817,11 @@ def classify(models: Models, text: str) -> ClassifyResult:
         for piece in readable_pieces(tokenizer, ids)
     ]
     return ClassifyResult(
-        dict(zip(labels, probabilities, strict=True)), labels[target], attributions, truncated, side
+        dict(zip(labels, probabilities, strict=True)),
+        labels[target],
+        attributions,
+        truncated,
+        truncation_side(tokenizer),
     )
 
 
