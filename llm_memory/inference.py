@@ -462,11 +462,14 @@ class GenerationBatcher:
     finds others running or waiting is a sign of a burst, so the collector first gathers what arrives
     until no request has come for ``quiet_s``, at most ``window_s``. If a running batch has room and
     none of its rows has more than ``rebatch_max_tokens`` tokens yet, it is asked to stop after its
-    current token; its unfinished rows then continue (their tokens so far read as prompt, their random
-    generators where they were) in one batch with the new requests, up to ``max_batch_size`` rows. So
-    a burst of users who reach the server one by one is decoded as one batch, not as a queue of small
-    ones, at the cost of reading the first rows' prompts again. Otherwise the new requests form their own batch once one
-    of ``num_workers`` is free. Rows that end leave their batch at once (see ``generate``).
+    current token, before the gathering: rows are left-padded to the batch's longest context, so a row
+    that ran on alone meanwhile would lengthen every step of the burst. Its unfinished rows then
+    continue (their tokens so far read as prompt, their random generators where they were) in one
+    batch with the new requests, up to ``max_batch_size`` rows. So a burst of users who reach the
+    server one by one is decoded as one batch, not as a queue of small ones, at the cost of reading
+    the first rows' prompts again and a pause of the first rows while the burst arrives. Otherwise the
+    new requests form their own batch once one of ``num_workers`` is free. Rows that end leave their
+    batch at once (see ``generate``).
     """
 
     def __init__(
@@ -511,15 +514,17 @@ class GenerationBatcher:
             with self._state:
                 self._state.wait_for(lambda: self.waiting)
                 busy = bool(self.running) or len(self.waiting) > 1
+            stopped = False
             if busy:  # a burst: let the rest of it arrive
+                # A batch that will take the new rows in stops now, not after the gathering: every row of
+                # a batch is padded to its longest context, and a row that ran on alone meanwhile would
+                # lengthen every step of the whole burst by the tokens it made.
+                stopped = self._stop_a_batch_to_join()
                 self._gather()
             with self._state:
                 self._drop_cancelled()
-                joinable = [batch for batch in self.running if self._can_join(batch)]
-                if self.waiting and joinable:
-                    # The youngest batch with room takes the new rows: it stops, its rows come back first.
-                    joinable[-1].rebatch.set()
-                    self.rebatches += 1
+                if not stopped:
+                    self._stop_a_batch_to_join()
                 self._state.wait_for(
                     lambda: (
                         len(self.running) < self.num_workers
@@ -541,6 +546,18 @@ class GenerationBatcher:
                 count = len(self.waiting)
                 if not self._state.wait_for(lambda n=count: len(self.waiting) != n, min(self.quiet_s, left)):
                     return
+
+    def _stop_a_batch_to_join(self) -> bool:
+        """Asks the youngest running batch with room for the waiting rows to stop after its current
+        token; its rows then come back first, and decode on in one batch with the new ones. Whether
+        one was asked."""
+        with self._state:
+            joinable = [batch for batch in self.running if self._can_join(batch)]
+            if not self.waiting or not joinable:
+                return False
+            joinable[-1].rebatch.set()
+            self.rebatches += 1
+            return True
 
     def _can_join(self, batch: _Batch) -> bool:
         rows = [row for row in batch.rows if not row.finished]

@@ -2,6 +2,7 @@
 bad inputs (each answered by a clear error, the next request still served), 16 clients at once, the
 startup error for a missing model, and the built Space starting from its own folder."""
 
+import gc
 import importlib.util
 import os
 import re
@@ -234,6 +235,26 @@ def test_missing_model_folder_stops_the_app_with_a_clear_error(checkpoints, tmp_
     assert (
         "Pass --model with a local model folder or a Hub model id, or set LLM_MEMORY_MODEL" in result.stderr
     )
+
+
+def test_main_freezes_what_it_loaded_before_serving(checkpoints, monkeypatch):
+    # A full garbage collection walks every object tracked: with torch, transformers and Gradio loaded,
+    # ~0.25 s during which no request is served. What main() loaded must be out of its reach.
+    app = load_app_module()
+    launched = {}
+
+    def launch(demo, **kwargs):
+        launched["frozen"] = gc.get_freeze_count()
+        launched["collectable"] = len(gc.get_objects())  # what a collection still walks
+
+    monkeypatch.setattr(gradio.Blocks, "launch", launch)
+    gc.unfreeze()
+    try:
+        app.main(["--model", checkpoints["model"], "--classifier", checkpoints["classifier"]])
+        assert launched["frozen"] > 100_000
+        assert launched["collectable"] < 1_000
+    finally:
+        gc.unfreeze()
 
 
 def test_space_folder_matches_the_installed_gradio_and_the_pins():

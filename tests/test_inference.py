@@ -219,9 +219,11 @@ def test_sampling_with_top_k_1_is_greedy(models):
 
 def run_together_while_busy(models, monkeypatch, run, keys, busy_tokens: int) -> dict:
     """``run(key)`` for every key on its own thread, while a greedy request keeps the server busy: the
-    batcher then waits its (widened) window and decodes them as one batch. Returns each key's result."""
+    batcher then waits its (widened) window and decodes them as one batch, without the busy request
+    (it is not stopped to join them). Returns each key's result."""
     monkeypatch.setattr(models.batcher, "window_s", 0.5)
     monkeypatch.setattr(models.batcher, "quiet_s", 0.5)
+    monkeypatch.setattr(models.batcher, "rebatch_max_tokens", 0)
     busy = inference.generate_stream(
         models, "Keep the server busy", strategy="greedy", max_new_tokens=busy_tokens
     )
@@ -336,6 +338,41 @@ def test_new_requests_join_a_young_batch_and_every_text_is_unchanged(models, mon
     assert models.batcher.rebatches == rebatches + 1
     assert list(models.batcher.batch_sizes)[-1] == 3
     # The first row went on from its own tokens and random generator: each text is the one made alone.
+    assert together == alone
+
+
+def test_a_batch_that_takes_new_rows_in_stops_before_the_burst_is_gathered(models, monkeypatch):
+    # The first row must not run ahead while the batcher waits for the rest of a burst: every row of
+    # the joint batch would be padded to its longer context, on every step.
+    settings = dict(strategy="greedy", max_new_tokens=40)
+    alone = {
+        key: inference.generate(models, text, **settings).text for key, text in (("b", "Hi"), ("c", "Hello"))
+    }
+    alone["first"] = inference.generate(models, "The movie was", **settings).text
+    slow_decoding(models, monkeypatch)  # 20 ms a step: the quiet window below is 15 steps long
+    monkeypatch.setattr(models.batcher, "window_s", 2.0)
+    monkeypatch.setattr(models.batcher, "quiet_s", 0.3)
+    events = []
+    forward, submit = models.lm.forward, models.batcher.submit
+
+    def recording_forward(input_ids, *args, **kwargs):
+        events.append(("step", input_ids.shape[0]))
+        return forward(input_ids, *args, **kwargs)
+
+    def recording_submit(*args, **kwargs):
+        events.append(("submit", None))
+        return submit(*args, **kwargs)
+
+    monkeypatch.setattr(models.lm, "forward", recording_forward)
+    monkeypatch.setattr(models.batcher, "submit", recording_submit)
+    rebatches = models.batcher.rebatches
+    together = run_together(models, "The movie was", {"b": "Hi", "c": "Hello"}, settings)
+    assert models.batcher.rebatches == rebatches + 1
+    assert list(models.batcher.batch_sizes)[-1] == 3
+    # After the second request came, the first row made at most the step under way, then waited.
+    second = [i for i, event in enumerate(events) if event[0] == "submit"][1]
+    joint = events.index(("step", 3))
+    assert [size for kind, size in events[second:joint] if kind == "step"] in ([], [1])
     assert together == alone
 
 
