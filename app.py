@@ -51,6 +51,9 @@ STREAM_INTERVAL_S = float(os.environ.get("LLM_MEMORY_STREAM_INTERVAL_MS", "100")
 # Torch threads per operation. Requests already run side by side on their own threads; each asking
 # for every core as well makes the threads fight over a small CPU (10x slower on 2 busy cores).
 TORCH_THREADS = int(os.environ.get("LLM_MEMORY_TORCH_THREADS", "1"))
+# Sampled and greedy generation is decoded in a child process, where the server's own threads do not
+# hold up its steps (llm_memory/decoder_process.py); 0 decodes in the server's process.
+DECODER_PROCESS = os.environ.get("LLM_MEMORY_DECODER_PROCESS", "1") != "0"
 
 # The flag and variable that choose each model, for the startup error.
 MODEL_OPTIONS = {
@@ -411,7 +414,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(TORCH_THREADS)
     try:
-        models = inference.load_models(args.model, args.classifier, args.summarizer)
+        models = inference.load_models(
+            args.model, args.classifier, args.summarizer, decoder_process=DECODER_PROCESS
+        )
     except ModelLoadError as err:
         flag, variable = MODEL_OPTIONS[err.role]
         sys.exit(f"error: {err}\nPass {flag} with a local model folder or a Hub model id, or set {variable}.")

@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.graph_objects as go
@@ -49,6 +50,9 @@ from . import attention_view
 from .data import truncate, truncation_side
 from .packed_linear import pack_linears
 from .tokenization import REPLACEMENT_CHAR, readable_pieces
+
+if TYPE_CHECKING:
+    from .decoder_process import DecoderProcess
 
 # Longer text is refused rather than cut: 20,000 characters is ~25 pages, far past every model's window.
 MAX_INPUT_CHARS = int(os.environ.get("LLM_MEMORY_MAX_CHARS", "20000"))
@@ -223,7 +227,8 @@ class Models:
     summarizer: PreTrainedModel | None = None
     summarizer_tokenizer: object = None
     sources: dict[str, str] = field(default_factory=dict)
-    batcher: "GenerationBatcher" = field(init=False, repr=False)
+    # Decodes sampled and greedy requests: in this process, or a DecoderProcess (decoder_process.py).
+    batcher: "GenerationBatcher | DecoderProcess" = field(init=False, repr=False)
 
     def __post_init__(self):
         self.batcher = GenerationBatcher(self.lm, self.lm_tokenizer)
@@ -251,14 +256,37 @@ class Models:
 
 
 def load_models(
-    model_path: str, classifier_path: str | None = None, summarizer_path: str | None = None
+    model_path: str,
+    classifier_path: str | None = None,
+    summarizer_path: str | None = None,
+    decoder_process: bool = False,
 ) -> Models:
     """Loads the language model, the classifier and an optional summarizer (local folders or Hub ids).
 
     A language model whose config marks it as summarization-tuned also serves as the summarizer.
-    Without a classifier, everything but ``classify`` works. Raises ModelLoadError naming the model
-    that failed.
+    Without a classifier, everything but ``classify`` works. With ``decoder_process``, sampled and
+    greedy generation is decoded in a child process that loads the language model too (a server's
+    own threads then do not slow it; see decoder_process.py), started first so that both load at
+    once. Raises ModelLoadError naming the model that failed.
     """
+    decoder = None
+    if decoder_process:
+        from .decoder_process import DecoderProcess  # it imports this module
+
+        decoder = DecoderProcess(model_path, torch.get_num_threads())
+    try:
+        models = _load_models(model_path, classifier_path, summarizer_path)
+        if decoder is not None:
+            decoder.wait_ready()
+            models.batcher = decoder
+    except BaseException:
+        if decoder is not None:
+            decoder.close()
+        raise
+    return models
+
+
+def _load_models(model_path: str, classifier_path: str | None, summarizer_path: str | None) -> Models:
     lm, lm_tokenizer = _load(model_path, AutoModelForCausalLM, "model")
     sources = {"model": str(model_path)}
     classifier, classifier_tokenizer = None, None
@@ -356,6 +384,10 @@ class _Row:
     def add(self, token: int):
         self.tokens.append(token)
         self.changed.set()
+
+    def cancel(self):
+        """Asks the decoding to end this row (a closed stream, a stop button)."""
+        self.cancelled.set()
 
     def finish(self):
         if not self.finished:
@@ -498,7 +530,9 @@ class GenerationBatcher:
         self.rebatches = 0  # batches stopped to take in new requests
 
     def submit(self, prompt_ids: list[int], settings: GenerationSettings) -> _Row:
-        row = _Row(prompt_ids, settings)
+        return self.submit_row(_Row(prompt_ids, settings))
+
+    def submit_row(self, row: _Row) -> _Row:
         with self._state:
             if self._collector is None:
                 self._collector = threading.Thread(
@@ -746,7 +780,7 @@ def generate_stream(
                 next_show = time.perf_counter() + min_interval_s
                 yield current
     finally:
-        row.cancelled.set()
+        row.cancel()
 
 
 def _beam_search(models: Models, ids: list[int], settings: GenerationSettings) -> list[int]:

@@ -20,6 +20,7 @@ from gradio_client import Client
 from test_inference import one_torch_thread, save_tiny_checkpoints  # noqa: F401  (an autouse fixture)
 
 from llm_memory import inference, space
+from llm_memory.decoder_process import DecoderProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -237,24 +238,33 @@ def test_missing_model_folder_stops_the_app_with_a_clear_error(checkpoints, tmp_
     )
 
 
-def test_main_freezes_what_it_loaded_before_serving(checkpoints, monkeypatch):
+def test_main_decodes_in_a_child_and_freezes_what_it_loaded_before_serving(checkpoints, monkeypatch):
     # A full garbage collection walks every object tracked: with torch, transformers and Gradio loaded,
     # ~0.25 s during which no request is served. What main() loaded must be out of its reach.
     app = load_app_module()
-    launched = {}
+    launched, loaded = {}, []
+    load_models = inference.load_models
+
+    def recording_load_models(*args, **kwargs):
+        loaded.append(load_models(*args, **kwargs))
+        return loaded[-1]
 
     def launch(demo, **kwargs):
         launched["frozen"] = gc.get_freeze_count()
         launched["collectable"] = len(gc.get_objects())  # what a collection still walks
 
+    monkeypatch.setattr(inference, "load_models", recording_load_models)
     monkeypatch.setattr(gradio.Blocks, "launch", launch)
     gc.unfreeze()
     try:
         app.main(["--model", checkpoints["model"], "--classifier", checkpoints["classifier"]])
         assert launched["frozen"] > 100_000
         assert launched["collectable"] < 1_000
+        assert isinstance(loaded[0].batcher, DecoderProcess)
     finally:
         gc.unfreeze()
+        for models in loaded:
+            models.batcher.close()
 
 
 def test_space_folder_matches_the_installed_gradio_and_the_pins():
@@ -307,8 +317,12 @@ def test_built_space_starts_from_its_own_folder(checkpoints, tmp_path):
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/", timeout=120, process=process)
-        label, _ = Client(f"http://127.0.0.1:{port}/", verbose=False).predict("Hello", api_name="/classify")
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        label, _ = client.predict("Hello", api_name="/classify")
         assert label["label"] in {"neg", "pos"}
+        # Decoded by the Space's child process, which runs the package copied into the folder.
+        text, speed = client.predict("The movie was", api_name="/generate")
+        assert isinstance(text, str) and speed.endswith("done")
     finally:
         process.terminate()
         try:

@@ -1,0 +1,245 @@
+"""Generation decoded in a child process, with its own interpreter lock.
+
+In one process, a Gradio server's event loop and request threads run Python between the decoding
+step's kernels and hold the interpreter lock while they do, so every request they serve slows the
+decoding of all. Measured here: a thread that ran Python 20% of the time slowed a 16-row burst by
+25-40%; the same load in another process, by ~2%. So the app decodes in a child process that loads the
+same model folder and runs a ``GenerationBatcher``; requests, cancels and tokens cross a pipe, the
+tokens of a decoding step in one message. The parent keeps its models for everything else
+(classification, attention, beam search) and reads the tokens into rows like the batcher's own, so
+``generate_stream`` works the same on either.
+"""
+
+import contextlib
+import itertools
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import weakref
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from .inference import GenerationBatcher, GenerationSettings, ModelLoadError, _load, _Row
+
+# What a row reports to the parent: a token, its end, or its failure (with the message).
+TOKEN, END, FAILED = 0, 1, 2
+START_TIMEOUT_S = 300.0
+
+
+class _Outbox:
+    """The child's row events, sent by one thread: all that gathered since its last send, in one message."""
+
+    def __init__(self, connection):
+        self._events: list[tuple] = []
+        self._pending = threading.Condition()
+        threading.Thread(target=self._send_forever, args=(connection,), daemon=True).start()
+
+    def put(self, event: tuple):
+        with self._pending:
+            self._events.append(event)
+            self._pending.notify()
+
+    def _send_forever(self, connection):
+        while True:
+            with self._pending:
+                self._pending.wait_for(lambda: self._events)
+                events, self._events = self._events, []
+            connection.send(("rows", events))
+
+
+class _ReportingRow(_Row):
+    """A row in the child: what the batcher puts in it also goes to the parent."""
+
+    def __init__(self, row_id: int, outbox: _Outbox, prompt_ids: list[int], settings: GenerationSettings):
+        super().__init__(prompt_ids, settings)
+        self.row_id = row_id
+        self.outbox = outbox
+
+    def add(self, token: int):
+        super().add(token)
+        self.outbox.put((self.row_id, TOKEN, token))
+
+    def finish(self):
+        if not self.finished:
+            super().finish()
+            failed = self.error is not None
+            self.outbox.put((self.row_id, FAILED if failed else END, str(self.error) if failed else None))
+
+
+def _serve(connection, model_path: str, torch_threads: int):
+    """The child: loads the model, then decodes what the parent submits until the parent is gone."""
+    torch.set_num_threads(torch_threads)
+    try:
+        model, tokenizer = _load(model_path, AutoModelForCausalLM, "model")
+    except Exception as err:  # the parent must hear why, or it would wait for tokens that never come
+        connection.send(("failed", f"{type(err).__name__}: {err}"))
+        return
+    batcher = GenerationBatcher(model, tokenizer)
+    connection.send(("ready",))
+    outbox = _Outbox(connection)
+    rows = weakref.WeakValueDictionary()  # the rows still decoding or waiting, for cancels
+    while True:
+        try:
+            message = connection.recv()
+        except EOFError:  # the parent exited
+            return
+        if message[0] == "submit":
+            _, row_id, prompt_ids, settings = message
+            rows[row_id] = batcher.submit_row(_ReportingRow(row_id, outbox, prompt_ids, settings))
+        elif message[0] == "cancel" and (row := rows.get(message[1])) is not None:
+            row.cancel()
+
+
+class _Child:
+    """One child process, its pipe, and the parent's rows that it decodes."""
+
+    def __init__(self, model_path: str, torch_threads: int):
+        # A fresh interpreter that runs this module, with none of this one's threads or held locks
+        # (multiprocessing's spawn would also run the parent's main script again).
+        self.connection, child_connection = multiprocessing.Pipe()
+        package_root = str(Path(__file__).resolve().parent.parent)
+        pythonpath = os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "llm_memory.decoder_process", str(child_connection.fileno()), model_path]
+            + [str(torch_threads)],
+            pass_fds=[child_connection.fileno()],
+            env={**os.environ, "PYTHONPATH": pythonpath},
+        )
+        child_connection.close()
+        self.lock = threading.Lock()  # guards the pipe's sending end, ``rows`` and ``gone``
+        self.rows: dict[int, _RemoteRow] = {}
+        self.gone = False
+        self.ready = threading.Event()  # loaded, failed to load, or gone
+        self.failure: str | None = None
+        threading.Thread(target=self._read, name="decoder-reader", daemon=True).start()
+
+    def send(self, message: tuple) -> bool:
+        """Sends unless the child is gone; whether it was sent."""
+        with self.lock:
+            if self.gone:
+                return False
+            with contextlib.suppress(OSError):  # exited: the reader is about to fail its rows
+                self.connection.send(message)
+            return True
+
+    def submit(self, row: "_RemoteRow"):
+        with self.lock:
+            self.rows[row.row_id] = row
+        if not self.send(("submit", row.row_id, row.prompt_ids, row.settings)):
+            row.fail(RuntimeError("The decoding process stopped; send the request again."))
+
+    def _read(self):
+        """Puts the child's tokens in their rows; once the child is gone, fails the rows left."""
+        try:
+            while True:
+                message = self.connection.recv()
+                if message[0] == "ready":
+                    self.ready.set()
+                elif message[0] == "failed":
+                    self.failure = message[1]
+                    self.ready.set()
+                else:
+                    self._deliver(message[1])
+        except (EOFError, OSError):
+            pass
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        with self.lock:
+            self.gone = True
+            rows, self.rows = self.rows, {}
+        self.ready.set()
+        reason = self.failure or f"it exited with code {self.process.returncode}"
+        error = RuntimeError(f"The decoding process stopped ({reason}); send the request again.")
+        for row in rows.values():
+            row.fail(error)
+
+    def _deliver(self, events: list[tuple]):
+        for row_id, kind, value in events:
+            if kind == TOKEN:
+                if (row := self.rows.get(row_id)) is not None:
+                    row.add(value)
+                continue
+            with self.lock:
+                row = self.rows.pop(row_id, None)
+            if row is None:
+                continue
+            if kind == END:
+                row.finish()
+            else:
+                row.fail(RuntimeError(value))
+
+    def close(self):
+        with self.lock:
+            self.connection.close()  # the child reads the end of its pipe and exits
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class _RemoteRow(_Row):
+    """A row in the parent, filled from the child's messages; a cancel goes to the child."""
+
+    def __init__(self, child: _Child, row_id: int, prompt_ids: list[int], settings: GenerationSettings):
+        super().__init__(prompt_ids, settings)
+        self.child = child
+        self.row_id = row_id
+
+    def cancel(self):
+        if not self.cancelled.is_set() and not self.finished:
+            self.child.send(("cancel", self.row_id))
+        super().cancel()
+
+
+class DecoderProcess:
+    """Takes ``GenerationBatcher``'s place in ``Models``: ``submit`` returns a row that fills with the
+    tokens the child decodes. A child that exits (killed, out of memory) fails its requests with an
+    error that says so, and the next request starts a new one."""
+
+    def __init__(self, model_path, torch_threads: int = 1):
+        self.model_path = str(model_path)
+        self.torch_threads = torch_threads
+        self._lock = threading.Lock()  # guards ``_child``
+        self._row_ids = itertools.count()
+        self._child = _Child(self.model_path, self.torch_threads)
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.process.pid
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S):
+        """Blocks until the child has loaded the model; ModelLoadError if it could not."""
+        child = self._child
+        if not child.ready.wait(timeout):
+            raise ModelLoadError(
+                f"The decoding process did not load the model {self.model_path!r} in {timeout:.0f} s.",
+                "model",
+            )
+        if child.failure is not None or child.gone:
+            reason = child.failure or f"it exited with code {child.process.returncode}"
+            raise ModelLoadError(
+                f"The decoding process could not load the model {self.model_path!r}: {reason}", "model"
+            )
+
+    def submit(self, prompt_ids: list[int], settings: GenerationSettings) -> _Row:
+        with self._lock:
+            if self._child.gone:  # the last one exited, and its requests have failed
+                self._child = _Child(self.model_path, self.torch_threads)
+            child = self._child
+        row = _RemoteRow(child, next(self._row_ids), prompt_ids, settings)
+        child.submit(row)
+        return row
+
+    def close(self):
+        """Ends the child (the app's lasts as long as the app; tests start and end their own)."""
+        self._child.close()
+
+
+if __name__ == "__main__":  # the child: python -m llm_memory.decoder_process FD MODEL THREADS
+    _serve(Connection(int(sys.argv[1])), sys.argv[2], int(sys.argv[3]))

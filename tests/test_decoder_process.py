@@ -1,0 +1,121 @@
+"""Generation decoded in a child process (decoder_process.py) against the in-process batcher: the same
+texts alone and at once, streams and cancels; a child that dies fails its requests with a clear error
+and the next request is served; a model the child cannot load stops startup with a clear error."""
+
+import os
+import signal
+import threading
+
+import pytest
+from test_inference import one_torch_thread, save_tiny_checkpoints  # noqa: F401  (an autouse fixture)
+
+from llm_memory import inference
+from llm_memory.decoder_process import DecoderProcess
+from llm_memory.inference import ModelLoadError
+
+CASES = [
+    ("The movie was", dict(strategy="sample", seed=0, temperature=1.3, top_k=0, max_new_tokens=30)),
+    ("我喜欢编程", dict(strategy="sample", seed=1, top_k=20, top_p=0.9, max_new_tokens=25)),
+    ("😀", dict(strategy="sample", seed=2, repetition_penalty=1.5, max_new_tokens=20)),
+    ("A much longer prompt than the others, to pad the rest", dict(strategy="greedy", max_new_tokens=15)),
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tokenizer, tmp_path_factory):
+    return save_tiny_checkpoints(tmp_path_factory.mktemp("decoder-checkpoints"), tokenizer)
+
+
+@pytest.fixture(scope="module")
+def local(checkpoints):
+    return inference.load_models(checkpoints["model"])
+
+
+@pytest.fixture(scope="module")
+def remote(checkpoints):
+    models = inference.load_models(checkpoints["model"], decoder_process=True)
+    yield models
+    models.batcher.close()
+
+
+def longest_request(models, prompt: str = "The movie was"):
+    """Greedy prompt ids and settings for as many new tokens as the tiny window allows."""
+    ids = inference.encode(models.lm_tokenizer, prompt)
+    settings = inference.check_generation_settings(
+        models, strategy="greedy", max_new_tokens=models.window - len(ids)
+    )
+    return ids, settings
+
+
+def test_load_models_starts_a_child_that_decodes(remote):
+    assert isinstance(remote.batcher, DecoderProcess)
+    assert remote.batcher.pid != os.getpid()
+
+
+def test_texts_are_the_in_process_ones_alone_and_at_once(local, remote):
+    expected = [inference.generate(local, prompt, **settings).text for prompt, settings in CASES]
+    assert [inference.generate(remote, prompt, **settings).text for prompt, settings in CASES] == expected
+    together = [None] * len(CASES)
+
+    def run(i):
+        prompt, settings = CASES[i]
+        together[i] = inference.generate(remote, prompt, **settings).text
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(CASES))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert together == expected
+
+
+def test_the_stream_grows_token_by_token_to_the_whole_text(local, remote):
+    settings = dict(strategy="greedy", max_new_tokens=20)
+    updates = list(inference.generate_stream(remote, "The movie was", **settings))
+    assert (
+        updates[-1].done and updates[-1].text == inference.generate(local, "The movie was", **settings).text
+    )
+    assert len(updates) >= 2 and not any(update.done for update in updates[:-1])
+    for before, after in zip(updates, updates[1:], strict=False):
+        assert after.text.startswith(before.text) and after.num_tokens >= before.num_tokens
+
+
+def test_a_cancel_ends_the_row_in_the_child(remote):
+    ids, settings = longest_request(remote)
+    whole = remote.batcher.submit(ids, settings)
+    assert whole.done.wait(60) and len(whole.tokens) == settings.max_new_tokens  # uncancelled: all of them
+    row = remote.batcher.submit(ids, settings)
+    row.cancel()
+    assert row.done.wait(60) and row.error is None
+    assert len(row.tokens) < settings.max_new_tokens
+    assert inference.generate(remote, "Hi", strategy="greedy", max_new_tokens=5).num_tokens >= 1
+
+
+def test_a_child_that_dies_fails_its_requests_and_the_next_request_starts_another(checkpoints, local):
+    models = inference.load_models(checkpoints["model"], decoder_process=True)
+    try:
+        ids, settings = longest_request(models)
+        first = models.batcher.pid
+        row = models.batcher.submit(ids, settings)
+        os.kill(first, signal.SIGKILL)
+        assert row.done.wait(60)
+        assert "The decoding process stopped (it exited with code -9); send the request again." in str(
+            row.error
+        )
+        prompt, settings = CASES[0]
+        assert (
+            inference.generate(models, prompt, **settings).text
+            == inference.generate(local, prompt, **settings).text
+        )
+        assert models.batcher.pid != first
+    finally:
+        models.batcher.close()
+
+
+def test_a_model_the_child_cannot_load_is_a_clear_error(tmp_path):
+    decoder = DecoderProcess(tmp_path)  # a folder with no model in it
+    try:
+        with pytest.raises(ModelLoadError, match="could not load the model .* holds no config.json"):
+            decoder.wait_ready(120)
+    finally:
+        decoder.close()
