@@ -45,6 +45,7 @@ from transformers import (
     GenerationConfig,
     PreTrainedModel,
 )
+from transformers.cache_utils import DynamicLayer, LinearAttentionAndFullAttentionLayer
 
 from . import attention_view
 from .data import truncate, truncation_side
@@ -459,6 +460,53 @@ class _RowSampler:
         return torch.where(self.greedy, scores.argmax(-1), sampled) if any_greedy else sampled
 
 
+def _reserved_update(layer, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+    """``DynamicLayer.update`` with the keys and values written into tensors with room for the batch's
+    last position, and read as views of them. ``DynamicLayer`` concatenates on every step, copying the
+    whole cache per token: with 16 rows of 128-256 positions that made a step 12-20% slower. After
+    rows leave (``reorder_cache`` makes compact tensors) the next step reserves again."""
+    if not layer.is_initialized:
+        layer.lazy_initialization(key_states, value_states)
+    length = layer.keys.shape[-2] if layer.keys.numel() else 0
+    end = length + key_states.shape[-2]
+    reserved = getattr(layer, "reserved", None)
+    if reserved is None or layer.keys.data_ptr() != reserved[0].data_ptr() or end > reserved[0].shape[-2]:
+        size = max(end, layer.positions)
+        keys = key_states.new_empty((*key_states.shape[:2], size, key_states.shape[-1]))  # (B, nh, S, hd)
+        values = value_states.new_empty((*value_states.shape[:2], size, value_states.shape[-1]))
+        if length:
+            keys[:, :, :length], values[:, :, :length] = layer.keys, layer.values
+        reserved = layer.reserved = (keys, values)
+    keys, values = reserved
+    keys[:, :, length:end], values[:, :, length:end] = key_states, value_states
+    layer.keys, layer.values = keys[:, :, :end], values[:, :, :end]
+    return layer.keys, layer.values
+
+
+class _ReservedLayer(DynamicLayer):
+    positions = 0  # to reserve; set for each batch
+    update = _reserved_update
+
+
+class _ReservedHybridLayer(LinearAttentionAndFullAttentionLayer):
+    positions = 0
+    update = _reserved_update
+
+
+_RESERVED_LAYERS = {DynamicLayer: _ReservedLayer, LinearAttentionAndFullAttentionLayer: _ReservedHybridLayer}
+
+
+def _reserving_cache(config, positions: int) -> DynamicCache:
+    """``DynamicCache(config=config)`` whose full-attention layers reserve ``positions`` (the others,
+    e.g. sliding windows, stay as they are)."""
+    cache = DynamicCache(config=config)
+    for layer in cache.layers:
+        if (reserved := _RESERVED_LAYERS.get(type(layer))) is not None:
+            layer.__class__ = reserved  # the same state; only update() differs
+            layer.positions = positions
+    return cache
+
+
 @dataclass(eq=False)
 class _Batch:
     """Rows being decoded together. ``rebatch`` asks the batch to stop after its current token so that
@@ -649,17 +697,27 @@ class GenerationBatcher:
         that ends (eos, its limit, a cancel) leaves the batch at once, its keys, values and LSTM state
         with it, so a step costs only the rows still going: a burst of sampled requests ends at
         different lengths, and generate() would keep computing every row until the longest is done.
-        A row continues after the tokens it already has; tokens reach each row as they come."""
-        contexts = [row.prompt_ids + row.tokens for row in batch.rows]
-        length = max(map(len, contexts))
-        pad_lengths = [length - len(context) for context in contexts]
-        input_ids = torch.full((len(contexts), length), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(contexts), length), dtype=torch.long)
-        for i, context in enumerate(contexts):
+        A row continues after the tokens it already has; tokens reach each row as they come.
+
+        Rows with the same context (users who sent the same prompt, an example's) share the first pass:
+        it reads each distinct context once, then the keys, values and LSTM state are copied out to
+        the rows, which go on with their own settings and seeds."""
+        distinct: dict[tuple[int, ...], int] = {}
+        reader = [
+            distinct.setdefault(tuple(row.prompt_ids + row.tokens), len(distinct)) for row in batch.rows
+        ]
+        length = max(map(len, distinct))
+        pad_lengths = [length - len(context) for context in distinct]
+        input_ids = torch.full((len(distinct), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(distinct), length), dtype=torch.long)
+        for i, context in enumerate(distinct):
             input_ids[i, pad_lengths[i] :] = torch.tensor(context)
             attention_mask[i, pad_lengths[i] :] = 1
-        sampler = _RowSampler(list(batch.rows), pad_lengths)  # its rows: those still going
-        cache = DynamicCache(config=self.model.config)
+        fan_out = torch.tensor(reader) if len(distinct) < len(reader) else None
+        # Its rows: those still going.
+        sampler = _RowSampler(list(batch.rows), [pad_lengths[i] for i in reader])
+        steps = max(row.settings.max_new_tokens - len(row.tokens) for row in batch.rows)
+        cache = _reserving_cache(self.model.config, length + steps)
         step_ids = input_ids  # the first step reads the whole contexts
         with torch.no_grad():
             while True:
@@ -670,6 +728,14 @@ class GenerationBatcher:
                     use_cache=True,
                     logits_to_keep=1,
                 ).logits[:, -1]
+                if fan_out is not None:  # after the first pass: a row each again
+                    logits, input_ids, attention_mask = (
+                        logits[fan_out],
+                        input_ids[fan_out],
+                        attention_mask[fan_out],
+                    )
+                    cache.reorder_cache(fan_out)
+                    fan_out = None
                 tokens = sampler(input_ids, logits.float())
                 going = []
                 for i, (row, token) in enumerate(zip(sampler.rows, tokens.tolist(), strict=True)):

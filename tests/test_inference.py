@@ -8,6 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
+from transformers import DynamicCache
 
 from llm_memory import (
     MemoryTransformerConfig,
@@ -262,6 +263,40 @@ def test_seeded_sampling_is_the_same_alone_and_in_a_batch(models, monkeypatch):
     assert results["a"] == alone
 
 
+def test_the_batch_cache_writes_keys_in_place_and_gives_the_logits_of_a_dynamic_cache(models):
+    # Two left-padded rows decode 6 steps; then the first leaves (reorder_cache) and the second goes on.
+    model, tokenizer = models.lm, models.lm_tokenizer
+    rows = [inference.encode(tokenizer, "The movie was"), inference.encode(tokenizer, "A much longer prompt")]
+    length = max(map(len, rows))
+    input_ids = torch.tensor([[tokenizer.pad_token_id] * (length - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows])
+
+    def decode(cache):
+        ids, attention, steps, storages = input_ids, mask, [], []
+        with torch.no_grad():
+            for step in range(10):
+                logits = model(ids, attention_mask=attention, past_key_values=cache, use_cache=True).logits[
+                    :, -1
+                ]
+                steps.append(logits)
+                storages.append([layer.keys.data_ptr() for layer in cache.layers])
+                ids = logits.argmax(-1, keepdim=True)
+                attention = torch.cat([attention, torch.ones_like(ids)], dim=1)
+                if step == 5:
+                    cache.reorder_cache(torch.tensor([1]))
+                    ids, attention = ids[1:], attention[1:]
+        return steps, storages
+
+    expected, _ = decode(DynamicCache(config=model.config))
+    reserved = inference._reserving_cache(model.config, length + 10)
+    assert {type(layer) for layer in reserved.layers} <= set(inference._RESERVED_LAYERS.values())
+    logits, storages = decode(reserved)
+    for got, want in zip(logits, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    # Written in place: one storage per layer from the first step to the reorder, another after it.
+    assert len({tuple(s) for s in storages[:6]}) == 1 and len({tuple(s) for s in storages[6:]}) == 1
+
+
 def test_rows_leave_the_batch_when_they_end(models, monkeypatch):
     # Three rows that end after 3, 12 and 30 tokens: each step computes only the rows still going, and
     # every row's text is the one it makes alone.
@@ -289,6 +324,39 @@ def test_rows_leave_the_batch_when_they_end(models, monkeypatch):
     # The batch of three: a pass over the prompts, then steps of 3, 2 and 1 rows (busy's steps are 1-row).
     batch_steps = rows_per_step[rows_per_step.index(3) :]
     assert batch_steps[:3] == [3, 3, 3] and batch_steps.count(2) == 9 and batch_steps.count(1) >= 18
+
+
+def test_rows_with_the_same_prompt_share_the_first_pass_and_keep_their_own_texts(models, monkeypatch):
+    # Four requests, three of them the same prompt with different seeds (users clicking one example).
+    requests = {
+        "a": ("The movie was", 1),
+        "b": ("The movie was", 2),
+        "c": ("The movie was", 3),
+        "d": ("Hi", 1),
+    }
+    settings = dict(strategy="sample", temperature=1.2, top_k=0, top_p=1.0, max_new_tokens=12)
+
+    def make(key):
+        prompt, seed = requests[key]
+        return inference.generate(models, prompt, **settings, seed=seed).text
+
+    alone = {key: make(key) for key in requests}
+    assert len(set(alone.values())) == 4  # the seeds make different texts: sharing must not merge them
+
+    passes = []
+    forward = models.lm.forward
+
+    def recording(input_ids, *args, **kwargs):
+        passes.append(tuple(input_ids.shape))
+        return forward(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(models.lm, "forward", recording)
+    results = run_together_while_busy(models, monkeypatch, make, requests, busy_tokens=30)
+    assert list(models.batcher.batch_sizes)[-1] == 4
+    assert results == alone
+    # The batch's first pass read two contexts, each once; its next step decodes all four rows.
+    first = next(i for i, shape in enumerate(passes) if shape[0] == 2 and shape[1] > 1)
+    assert passes[first + 1 :].count((4, 1)) >= 1 and passes[first + 1][0] == 4
 
 
 def slow_decoding(models, monkeypatch, seconds: float = 0.02):
