@@ -15,7 +15,11 @@
   smaller still (the table gives the CPU-seconds the clients spend per burst), and once more as 16 copies
   of one request (all seed 0, the tab's default) over that request alone. Each REST request comes
   with its user's session, as a browser's or a ``gradio_client`` one does (sessions persist between
-  repeats, so only the warm-up sets them up).
+  repeats, so only the warm-up sets them up). The 16 requests share their prompt, which the batcher
+  reads once for all of them.
+- decoder process: the app decodes in a child process (``llm_memory/decoder_process.py``); a second
+  app started with ``LLM_MEMORY_DECODER_PROCESS=0`` decodes in the server's own process, and the same
+  one and 16 ``gradio_client`` requests (short prompt) on it are the baseline, in the same run.
 
 The clients share this machine's CPUs with the server, which clients on their users' own machines do
 not. ``gradio_client`` builds two HTTP clients per request, and with certificate checks on, each loads
@@ -76,13 +80,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_app(args, port: int) -> tuple[subprocess.Popen, float]:
-    """Starts ``python app.py`` and returns it with the seconds until its page answers."""
+def start_app(args, port: int, **environment: str) -> tuple[subprocess.Popen, float]:
+    """Starts ``python app.py`` (with these extra environment variables) and returns it with the
+    seconds until its page answers."""
     command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--host", "127.0.0.1"]
     command += ["--model", args.model, "--classifier", args.classifier]
     start = time.perf_counter()
     process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        command,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **environment},
     )
     while True:
         if process.poll() is not None:
@@ -214,6 +224,26 @@ def rest_seconds(url: str, prompt: str, seeds: Sequence[int]) -> float:
     return asyncio.run(run())
 
 
+def decoding_in_the_server_seconds(args, repeats: int) -> dict[str, float]:
+    """One and 16 ``/generate`` requests through ``gradio_client`` (short prompt) on an app that decodes
+    in the server's own process (``LLM_MEMORY_DECODER_PROCESS=0``): the baseline of the decoder process."""
+    port = free_port()
+    process, _ = start_app(args, port, LLM_MEMORY_DECODER_PROCESS="0")
+    try:
+        clients = [
+            Client(f"http://127.0.0.1:{port}/", verbose=False, ssl_verify=False) for _ in range(NUM_CLIENTS)
+        ]
+        one = median(
+            lambda: one_at_a_time_seconds(lambda seed: generate_seconds(clients[0], SHORT_PROMPT, seed)),
+            repeats,
+        )
+        sixteen = median(lambda: concurrent_seconds(clients, SHORT_PROMPT), max(1, repeats // 2))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    return {"server_decoding_one_short_s": one, "server_decoding_sixteen_short_s": sixteen}
+
+
 def generate_in_process(models, prompt: str, seed: int) -> tuple[float, str]:
     """Seconds and text of one ``/generate`` request (seed ``seed``) called directly, without HTTP."""
     start = time.perf_counter()
@@ -326,6 +356,7 @@ def main():
     finally:
         process.terminate()
         process.wait(timeout=30)
+    timings.update(decoding_in_the_server_seconds(args, args.repeats))
     timings.update(in_process_seconds(args, prompt, args.repeats))
 
     results = {"ready_s": ready, "first_token_s": first_token, "attention_256_s": attention, **timings}
@@ -340,6 +371,12 @@ def main():
         results[f"direct_ratio_{name}"] = (
             timings[f"direct_sixteen_{name}_s"] / timings[f"direct_one_{name}_s"]
         )
+    results["server_decoding_ratio_short"] = (
+        timings["server_decoding_sixteen_short_s"] / timings["server_decoding_one_short_s"]
+    )
+    results["decoder_process_gain_short"] = (
+        timings["sixteen_generate_short_s"] / timings["server_decoding_sixteen_short_s"]
+    )
     rows = [
         ("server ready after `python app.py`", "ready_s", "s"),
         (f"first streamed token, {PROMPT_TOKENS}-token prompt", "first_token_s", "s"),
@@ -353,6 +390,25 @@ def main():
             (f"{NUM_CLIENTS} at once / one", f"concurrency_ratio_{name}", "x"),
             ("  the same, generate() in-process, no HTTP", f"direct_ratio_{name}", "x"),
         ]
+        if name == "short":
+            rows += [
+                ("  one, decoded in the server's process", "server_decoding_one_short_s", "s"),
+                (
+                    f"  {NUM_CLIENTS} at once, decoded in the server's process",
+                    "server_decoding_sixteen_short_s",
+                    "s",
+                ),
+                (
+                    f"  {NUM_CLIENTS} at once / one, decoded in the server's process",
+                    "server_decoding_ratio_short",
+                    "x",
+                ),
+                (
+                    f"  {NUM_CLIENTS} at once: decoder process / server's process",
+                    "decoder_process_gain_short",
+                    "x",
+                ),
+            ]
         if name == "short":
             rows += [
                 ("  one, REST API (one asyncio client)", "rest_one_short_s", "s"),
