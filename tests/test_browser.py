@@ -41,12 +41,16 @@ def app():
 @pytest.fixture(scope="module")
 def app_url(app, tokenizer, tmp_path_factory):
     checkpoints = save_tiny_checkpoints(tmp_path_factory.mktemp("browser-checkpoints"), tokenizer)
-    models = inference.load_models(checkpoints["model"], checkpoints["classifier"], checkpoints["summarizer"])
+    # As app.py serves: generation decoded in a child process.
+    models = inference.load_models(
+        checkpoints["model"], checkpoints["classifier"], checkpoints["summarizer"], decoder_process=True
+    )
     demo = app.build_demo(models)
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
+    models.batcher.close()
 
 
 @pytest.fixture(scope="module")
