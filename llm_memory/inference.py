@@ -463,8 +463,9 @@ class _RowSampler:
 def _reserved_update(layer, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
     """``DynamicLayer.update`` with the keys and values written into tensors with room for the batch's
     last position, and read as views of them. ``DynamicLayer`` concatenates on every step, copying the
-    whole cache per token: with 16 rows of 128-256 positions that made a step 12-20% slower. After
-    rows leave (``reorder_cache`` makes compact tensors) the next step reserves again."""
+    whole cache per token (bench/batch_decoding.py: a step of 16 rows at 128-228 positions takes
+    0.84-0.91x the time without the copy). After rows leave (``reorder_cache`` makes compact tensors)
+    the next step reserves again."""
     if not layer.is_initialized:
         layer.lazy_initialization(key_states, value_states)
     length = layer.keys.shape[-2] if layer.keys.numel() else 0

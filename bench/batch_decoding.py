@@ -1,0 +1,141 @@
+"""The batcher's cache and first pass against Transformers' defaults, side by side on the default checkpoint.
+
+The model is loaded once, as the app serves it (packed linear layers, one torch thread). Each round
+runs both forms of each measure, the order alternating; figures are medians over rounds.
+
+- decoding steps: 16 rows with a 128-token prompt (the long prompt of ``app_speed.py``, cut to leave
+  room for 128 new tokens) take 100 greedy steps, with ``DynamicCache`` (keys and values concatenated
+  on every step) and with the batcher's cache (written into tensors reserved for the batch);
+- first pass over 16 requests with the same 128-token prompt: 16 rows read together, against the
+  prompt read once and its cache copied out to 16 rows (what the batcher does for rows with the same
+  context).
+
+Parity: the greedy tokens of both caches, and the largest difference between the two first passes'
+logits.
+
+    python bench/batch_decoding.py [--model PATH] [--rounds 5] [--json bench/results/batch_decoding.json]
+"""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench/model_speed.py
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from llm_memory import inference  # noqa: E402
+from llm_memory.data import load_movie_reviews  # noqa: E402
+
+ROWS = 16
+PROMPT_TOKENS = 128
+STEPS = 100
+
+
+def decode(model, input_ids, cache) -> tuple[float, torch.Tensor]:
+    """Milliseconds per step of ``STEPS`` greedy steps after a first pass, and the tokens."""
+    attention_mask = torch.ones_like(input_ids)
+    tokens = []
+    with torch.no_grad():
+        logits = model(
+            input_ids, attention_mask=attention_mask, past_key_values=cache, logits_to_keep=1
+        ).logits
+        start = time.perf_counter()
+        for _ in range(STEPS):
+            step = logits[:, -1].argmax(-1, keepdim=True)
+            tokens.append(step)
+            attention_mask = torch.cat([attention_mask, torch.ones_like(step)], dim=1)
+            logits = model(
+                step, attention_mask=attention_mask, past_key_values=cache, logits_to_keep=1
+            ).logits
+        seconds = time.perf_counter() - start
+    return seconds / STEPS * 1000, torch.cat(tokens, dim=1)
+
+
+def first_pass(model, input_ids, shared: bool) -> tuple[float, torch.Tensor]:
+    """Milliseconds of the first pass over the rows, and its last logits per row."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        if shared:  # the prompt once, then its keys, values and LSTM state copied out to every row
+            cache = inference._reserving_cache(model.config, PROMPT_TOKENS + STEPS)
+            logits = model(input_ids[:1], past_key_values=cache, logits_to_keep=1).logits[:, -1]
+            fan_out = torch.zeros(input_ids.shape[0], dtype=torch.long)
+            logits = logits[fan_out]
+            cache.reorder_cache(fan_out)
+        else:
+            cache = inference._reserving_cache(model.config, PROMPT_TOKENS + STEPS)
+            logits = model(input_ids, past_key_values=cache, logits_to_keep=1).logits[:, -1]
+    return (time.perf_counter() - start) * 1000, logits
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(ROOT / "checkpoints/memory-lm"))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", help="Also write the results to this file.")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    models = inference.load_models(args.model)
+    model, tokenizer = models.lm, models.lm_tokenizer
+    reviews = " ".join(load_movie_reviews()["test"]["text"][:20])
+    prompt = tokenizer(reviews, add_special_tokens=False, verbose=False)["input_ids"][:PROMPT_TOKENS]
+    input_ids = torch.tensor([prompt] * ROWS)
+
+    caches = {
+        "DynamicCache": lambda: DynamicCache(config=model.config),
+        "reserved": lambda: inference._reserving_cache(model.config, PROMPT_TOKENS + STEPS + 1),
+    }
+    step_ms = {name: [] for name in caches}
+    pass_ms = {False: [], True: []}
+    tokens, logits = {}, {}
+    decode(model, input_ids, caches["reserved"]())  # warm-up
+    for round_index in range(args.rounds):
+        order = list(caches) if round_index % 2 == 0 else list(reversed(caches))
+        for name in order:
+            milliseconds, tokens[name] = decode(model, input_ids, caches[name]())
+            step_ms[name].append(milliseconds)
+        for shared in (round_index % 2 == 0, round_index % 2 != 0):
+            milliseconds, logits[shared] = first_pass(model, input_ids, shared)
+            pass_ms[shared].append(milliseconds)
+
+    results = {
+        "step_16_rows_dynamic_ms": statistics.median(step_ms["DynamicCache"]),
+        "step_16_rows_reserved_ms": statistics.median(step_ms["reserved"]),
+        "first_pass_16_rows_ms": statistics.median(pass_ms[False]),
+        "first_pass_shared_ms": statistics.median(pass_ms[True]),
+        "same_tokens": bool(torch.equal(tokens["DynamicCache"], tokens["reserved"])),
+        "first_pass_max_logit_difference": float((logits[True] - logits[False]).abs().max()),
+    }
+    results["step_ratio"] = results["step_16_rows_reserved_ms"] / results["step_16_rows_dynamic_ms"]
+    results["first_pass_ratio"] = results["first_pass_shared_ms"] / results["first_pass_16_rows_ms"]
+    print(f"model: {args.model}  ·  {ROWS} rows, {PROMPT_TOKENS}-token prompt  ·  medians of {args.rounds}\n")
+    print("| measure | Transformers' default | batcher | ratio |")
+    print("|---|---|---|---|")
+    print(
+        f"| decoding step, {ROWS} rows, {PROMPT_TOKENS}-{PROMPT_TOKENS + STEPS} positions (ms) "
+        f"| {results['step_16_rows_dynamic_ms']:.2f} | {results['step_16_rows_reserved_ms']:.2f} "
+        f"| {results['step_ratio']:.2f} |"
+    )
+    print(
+        f"| first pass, {ROWS} requests with one prompt (ms) | {results['first_pass_16_rows_ms']:.1f} "
+        f"| {results['first_pass_shared_ms']:.1f} | {results['first_pass_ratio']:.2f} |"
+    )
+    print(
+        f"\nsame greedy tokens: {results['same_tokens']}; largest first-pass logit difference: "
+        f"{results['first_pass_max_logit_difference']:.1e}"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": args.model, **results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
