@@ -21,6 +21,7 @@ Shapes: L layers, nh heads, T tokens, P readable pieces, H hidden size.
 """
 
 import argparse
+import inspect
 import math
 import os
 import re
@@ -574,6 +575,9 @@ class GenerationBatcher:
         self.waiting: list[_Row] = []  # rows not being decoded: new requests, and rows back from a rebatch
         self.running: list[_Batch] = []
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        # Each row's positions count its own tokens only, as generate() gives them: a left-padded row
+        # then reads as it would alone, and a batch may span more columns than the window.
+        self.takes_position_ids = "position_ids" in inspect.signature(model.forward).parameters
         self._collector: threading.Thread | None = None
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # of the last batches run, for tests and benchmarks
         self.rebatches = 0  # batches stopped to take in new requests
@@ -648,25 +652,11 @@ class GenerationBatcher:
             bool(rows)
             and len(rows) + len(self.waiting) <= self.max_batch_size
             and max(len(row.tokens) for row in rows) <= self.rebatch_max_tokens
-            and self._fits(rows + self.waiting)
         )
 
-    def _fits(self, rows: list[_Row]) -> bool:
-        """Whether the rows can be decoded as one batch within the window: left-padded to the longest
-        context, every row takes a position per step until the last row is done."""
-        longest = max(len(row.prompt_ids) + len(row.tokens) for row in rows)
-        steps = max(row.settings.max_new_tokens - len(row.tokens) for row in rows)
-        return longest + steps <= self.model.config.max_position_embeddings
-
     def _next_batch(self) -> list[_Row]:
-        """The waiting rows that go first, in order, as many as fit in one batch; the rest wait."""
-        batch, rest = [], []
-        for row in self.waiting:
-            if len(batch) < self.max_batch_size and (not batch or self._fits([*batch, row])):
-                batch.append(row)
-            else:
-                rest.append(row)
-        self.waiting = rest
+        """The waiting rows that go first, in order, as many as one batch takes; the rest wait."""
+        batch, self.waiting = self.waiting[: self.max_batch_size], self.waiting[self.max_batch_size :]
         return batch
 
     def _drop_cancelled(self):
@@ -722,12 +712,17 @@ class GenerationBatcher:
         step_ids = input_ids  # the first step reads the whole contexts
         with torch.no_grad():
             while True:
+                positions = {}
+                if self.takes_position_ids:
+                    real = attention_mask.cumsum(-1) - 1
+                    positions["position_ids"] = real[:, -step_ids.shape[1] :].clamp(min=0)
                 logits = self.model(
                     step_ids,
                     attention_mask=attention_mask,
                     past_key_values=cache,
                     use_cache=True,
                     logits_to_keep=1,
+                    **positions,
                 ).logits[:, -1]
                 if fan_out is not None:  # after the first pass: a row each again
                     logits, input_ids, attention_mask = (

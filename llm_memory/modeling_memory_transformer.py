@@ -342,9 +342,11 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
         hidden_states = inputs_embeds
         rotary = None
         if config.position_embedding_type == "learned":
-            if past_length + seq_len > config.max_position_embeddings:
+            # The positions, not the columns: a left-padded row of a batch counts only its own tokens.
+            tokens = int(position_ids.max()) + 1 if position_ids.numel() else 0
+            if tokens > config.max_position_embeddings:
                 raise ValueError(
-                    f"{past_length + seq_len} tokens exceed max_position_embeddings="
+                    f"{tokens} tokens exceed max_position_embeddings="
                     f"{config.max_position_embeddings} of this model (learned positions): shorten the input, "
                     "or score long text window by window with the LSTM state carried over."
                 )

@@ -485,20 +485,41 @@ def test_min_interval_spaces_the_updates_and_keeps_the_text(models, monkeypatch)
     assert all(gap >= 0.14 for gap in gaps)  # the end may come sooner; nothing else does
 
 
-def test_rows_that_would_overrun_the_window_together_are_not_batched(models, monkeypatch):
+def test_rows_that_span_more_columns_than_the_window_together_are_one_batch(models, monkeypatch):
     # Prompts cut to the window less 30 tokens, 30 new tokens each: a row with tokens already made,
-    # left-padded beside a new one, would need more positions than the window has.
+    # left-padded beside a new one, makes the batch wider than the window, while each row's own
+    # positions stay inside it (they count its tokens, not the columns).
     settings = dict(strategy="greedy", max_new_tokens=30)
     prompt = "word " * 100
     alone = inference.generate(models, prompt, **settings).text
     slow_decoding(models, monkeypatch)
     monkeypatch.setattr(models.batcher, "window_s", 0.05)
     monkeypatch.setattr(models.batcher, "quiet_s", 0.05)
+    widths = []
+    forward = models.lm.forward
+
+    def recording(input_ids, *args, attention_mask, **kwargs):
+        widths.append(attention_mask.shape[1])
+        return forward(input_ids, *args, attention_mask=attention_mask, **kwargs)
+
+    monkeypatch.setattr(models.lm, "forward", recording)
     rebatches = models.batcher.rebatches
     together = run_together(models, prompt, {"b": prompt}, settings)
-    assert models.batcher.rebatches == rebatches
-    assert list(models.batcher.batch_sizes)[-2:] == [1, 1]
+    assert models.batcher.rebatches == rebatches + 1
+    assert list(models.batcher.batch_sizes)[-1] == 2
+    assert max(widths) > TINY_WINDOW
     assert together == {"first": alone, "b": alone}
+
+
+def test_a_model_refuses_more_positions_than_its_window_for_any_row(models):
+    # The window is checked on each row's own positions: columns of padding do not count, tokens do.
+    ids = torch.tensor([[5] * TINY_WINDOW, [5] * TINY_WINDOW])
+    padded = torch.cat([torch.zeros((2, 3), dtype=torch.long), ids], dim=1)
+    mask = torch.cat([torch.zeros((2, 3), dtype=torch.long), torch.ones_like(ids)], dim=1)
+    with torch.no_grad():
+        models.lm(padded, attention_mask=mask)  # 67 columns, 64 positions a row
+        with pytest.raises(ValueError, match=f"{TINY_WINDOW + 1} tokens exceed max_position_embeddings"):
+            models.lm(torch.cat([ids, ids[:, :1]], dim=1))
 
 
 def test_a_request_cancelled_while_its_batch_is_stopped_ends(models, monkeypatch):
