@@ -422,8 +422,8 @@ def main(argv=None) -> None:
         sys.exit(f"error: {err}\nPass {flag} with a local model folder or a Hub model id, or set {variable}.")
     demo = build_demo(models)
     # What is loaded by now lives as long as the server: ~0.5 M objects of torch, transformers and
-    # Gradio, which every full garbage collection would walk, ~0.25 s with all requests stalled.
-    # Frozen, collections walk only what serving creates.
+    # Gradio, which every full garbage collection would walk with all requests stalled. Frozen,
+    # collections walk only what serving creates.
     gc.freeze()
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)
 

@@ -239,8 +239,8 @@ def test_missing_model_folder_stops_the_app_with_a_clear_error(checkpoints, tmp_
 
 
 def test_main_decodes_in_a_child_and_freezes_what_it_loaded_before_serving(checkpoints, monkeypatch):
-    # A full garbage collection walks every object tracked: with torch, transformers and Gradio loaded,
-    # ~0.25 s during which no request is served. What main() loaded must be out of its reach.
+    # A full garbage collection walks every object tracked, and serves no request meanwhile: with
+    # torch, transformers and Gradio loaded, ~0.5 M of them. What main() loaded must be out of its reach.
     app = load_app_module()
     launched, loaded = {}, []
     load_models = inference.load_models
