@@ -52,8 +52,9 @@ STREAM_INTERVAL_S = float(os.environ.get("LLM_MEMORY_STREAM_INTERVAL_MS", "100")
 # for every core as well makes the threads fight over a small CPU (10x slower on 2 busy cores).
 TORCH_THREADS = int(os.environ.get("LLM_MEMORY_TORCH_THREADS", "1"))
 # Sampled and greedy generation is decoded in a child process, where the server's own threads do not
-# hold up its steps (llm_memory/decoder_process.py); 0 decodes in the server's process.
-DECODER_PROCESS = os.environ.get("LLM_MEMORY_DECODER_PROCESS", "1") != "0"
+# hold up its steps (llm_memory/decoder_process.py; it hands the child its pipe as on POSIX systems);
+# 0 decodes in the server's process, as on Windows.
+DECODER_PROCESS = os.environ.get("LLM_MEMORY_DECODER_PROCESS", "1" if os.name == "posix" else "0") != "0"
 
 # The flag and variable that choose each model, for the startup error.
 MODEL_OPTIONS = {

@@ -203,6 +203,10 @@ class DecoderProcess:
     error that says so, and the next request starts a new one."""
 
     def __init__(self, model_path, torch_threads: int = 1):
+        if os.name != "posix":
+            raise OSError(
+                "The decoding process hands the child its pipe as POSIX systems do; decode in-process here."
+            )
         self.model_path = str(model_path)
         self.torch_threads = torch_threads
         self._lock = threading.Lock()  # guards ``_child``
