@@ -20,7 +20,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench/model_speed.py
 
-import argparse
 import json
 import statistics
 import sys
@@ -34,6 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from llm_memory import inference  # noqa: E402
 from llm_memory.data import load_movie_reviews  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from packed_linear import side_by_side_arguments  # noqa: E402
 
 ROWS = 16
 PROMPT_TOKENS = 128
@@ -77,13 +79,7 @@ def first_pass(model, input_ids, shared: bool) -> tuple[float, torch.Tensor]:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(ROOT / "checkpoints/memory-lm"))
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--json", help="Also write the results to this file.")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-
+    args = side_by_side_arguments(__doc__)
     models = inference.load_models(args.model)
     model, tokenizer = models.lm, models.lm_tokenizer
     reviews = " ".join(load_movie_reviews()["test"]["text"][:20])

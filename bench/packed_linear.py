@@ -48,14 +48,20 @@ def timed(work) -> float:
     return time.perf_counter() - start
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def side_by_side_arguments(doc: str) -> argparse.Namespace:
+    """The options of a side-by-side bench on one checkpoint (--model, --rounds, --json), with torch
+    on one thread as the app runs."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--model", default=str(ROOT / "checkpoints/memory-lm"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", help="Also write the results to this file.")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    return args
 
+
+def main():
+    args = side_by_side_arguments(__doc__)
     packed = inference.load_models(args.model)
     plain_lm = AutoModelForCausalLM.from_pretrained(args.model).eval().requires_grad_(False)
     plain = inference.Models(plain_lm, packed.lm_tokenizer)
