@@ -224,20 +224,35 @@ def rest_seconds(url: str, prompt: str, seeds: Sequence[int]) -> float:
     return asyncio.run(run())
 
 
+def bench_clients(url: str) -> list[Client]:
+    """The burst's ``gradio_client`` clients; plain HTTP on the loopback, no certificate to check (see
+    the docstring)."""
+    return [Client(url, verbose=False, ssl_verify=False) for _ in range(NUM_CLIENTS)]
+
+
+def one_and_sixteen_seconds(clients: list[Client], text: str, repeats: int, cpu: list | None = None):
+    """The time of one ``/generate`` (the mean of the burst's requests sent one at a time) and of the
+    16 sent at once, medians over ``repeats``; ``cpu`` collects the clients' CPU-seconds per burst."""
+    one = median(
+        lambda: one_at_a_time_seconds(lambda seed: generate_seconds(clients[0], text, seed)), repeats
+    )
+
+    def burst() -> float:
+        return concurrent_seconds(clients, text)
+
+    sixteen = median(burst if cpu is None else with_cpu(burst, cpu), max(1, repeats // 2))
+    return one, sixteen
+
+
 def decoding_in_the_server_seconds(args, repeats: int) -> dict[str, float]:
     """One and 16 ``/generate`` requests through ``gradio_client`` (short prompt) on an app that decodes
     in the server's own process (``LLM_MEMORY_DECODER_PROCESS=0``): the baseline of the decoder process."""
     port = free_port()
     process, _ = start_app(args, port, LLM_MEMORY_DECODER_PROCESS="0")
     try:
-        clients = [
-            Client(f"http://127.0.0.1:{port}/", verbose=False, ssl_verify=False) for _ in range(NUM_CLIENTS)
-        ]
-        one = median(
-            lambda: one_at_a_time_seconds(lambda seed: generate_seconds(clients[0], SHORT_PROMPT, seed)),
-            repeats,
+        one, sixteen = one_and_sixteen_seconds(
+            bench_clients(f"http://127.0.0.1:{port}/"), SHORT_PROMPT, repeats
         )
-        sixteen = median(lambda: concurrent_seconds(clients, SHORT_PROMPT), max(1, repeats // 2))
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -318,8 +333,7 @@ def main():
     process, ready = start_app(args, port)
     try:
         url = f"http://127.0.0.1:{port}/"
-        # Plain HTTP on the loopback: no certificate to check (see the docstring).
-        clients = [Client(url, verbose=False, ssl_verify=False) for _ in range(NUM_CLIENTS)]
+        clients = bench_clients(url)
         client = clients[0]
         first_token = median(lambda: first_token_seconds(client, prompt), args.repeats)
 
@@ -331,13 +345,9 @@ def main():
         attention = median(attention_once, args.repeats)
         timings = {}
         for name, text in (("short", SHORT_PROMPT), ("long", prompt)):
-            timings[f"one_generate_{name}_s"] = median(
-                lambda text=text: one_at_a_time_seconds(lambda seed: generate_seconds(client, text, seed)),
-                args.repeats,
-            )
             cpu = []
-            timings[f"sixteen_generate_{name}_s"] = median(
-                with_cpu(lambda text=text: concurrent_seconds(clients, text), cpu), max(1, args.repeats // 2)
+            timings[f"one_generate_{name}_s"], timings[f"sixteen_generate_{name}_s"] = (
+                one_and_sixteen_seconds(clients, text, args.repeats, cpu)
             )
             timings[f"sixteen_generate_{name}_client_cpu_s"] = statistics.median(cpu[1:])
         timings["rest_one_short_s"] = median(

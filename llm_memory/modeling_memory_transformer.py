@@ -343,8 +343,11 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
         rotary = None
         if config.position_embedding_type == "learned":
             # The positions, not the columns: a left-padded row of a batch counts only its own tokens.
-            tokens = int(position_ids.max()) + 1 if position_ids.numel() else 0
-            if tokens > config.max_position_embeddings:
+            # Positions never outnumber columns, so they are read (a device sync) only when those do.
+            if (
+                past_length + seq_len > config.max_position_embeddings
+                and (tokens := int(position_ids.max()) + 1) > config.max_position_embeddings
+            ):
                 raise ValueError(
                     f"{tokens} tokens exceed max_position_embeddings="
                     f"{config.max_position_embeddings} of this model (learned positions): shorten the input, "
