@@ -240,7 +240,7 @@ def one_and_sixteen_seconds(clients: list[Client], text: str, repeats: int, cpu:
     def burst() -> float:
         return concurrent_seconds(clients, text)
 
-    sixteen = median(burst if cpu is None else with_cpu(burst, cpu), max(1, repeats // 2))
+    sixteen = median(burst if cpu is None else with_cpu(burst, cpu), repeats)
     return one, sixteen
 
 
@@ -299,7 +299,7 @@ def in_process_seconds(args, prompt: str, repeats: int) -> dict[str, float]:
             lambda text=text: one_at_a_time_in_process(models, text)[0], repeats
         )
         timings[f"direct_sixteen_{name}_s"] = median(
-            lambda text=text: all_at_once_in_process(models, text)[0], max(1, repeats // 2)
+            lambda text=text: all_at_once_in_process(models, text)[0], repeats
         )
     return timings
 
@@ -356,12 +356,12 @@ def main():
         cpu = []
         timings["rest_sixteen_short_s"] = median(
             with_cpu(lambda: rest_seconds(url, SHORT_PROMPT, range(NUM_CLIENTS)), cpu),
-            max(1, args.repeats // 2),
+            args.repeats,
         )
         timings["rest_sixteen_short_client_cpu_s"] = statistics.median(cpu[1:])
         timings["rest_one_seed0_short_s"] = median(lambda: rest_seconds(url, SHORT_PROMPT, [0]), args.repeats)
         timings["rest_sixteen_same_short_s"] = median(
-            lambda: rest_seconds(url, SHORT_PROMPT, [0] * NUM_CLIENTS), max(1, args.repeats // 2)
+            lambda: rest_seconds(url, SHORT_PROMPT, [0] * NUM_CLIENTS), args.repeats
         )
     finally:
         process.terminate()
