@@ -418,9 +418,6 @@ def main():
                     "decoder_process_gain_short",
                     "x",
                 ),
-            ]
-        if name == "short":
-            rows += [
                 ("  one, REST API (one asyncio client)", "rest_one_short_s", "s"),
                 (f"  {NUM_CLIENTS} at once, REST API", "rest_sixteen_short_s", "s"),
                 ("  the client's CPU-seconds for it", "rest_sixteen_short_client_cpu_s", "s"),
