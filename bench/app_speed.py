@@ -10,13 +10,14 @@
   ``model_speed.py``; seeds 0-15) sent at once, over the time of one: the mean seconds of the same 16
   requests sent one at a time. Sampled texts end at different lengths (an end-of-text token), so the
   time of one is that of the average request, not of one seed that happens to end early or late. With
-  a short prompt and with the 200-token one. The clients are ``gradio_client`` ones; the short prompt
-  is also sent through Gradio's REST API from one asyncio client, whose own work on this shared CPU is
+  a short prompt and with the 200-token one. The clients are ``gradio_client`` ones; each prompt is
+  also sent through Gradio's REST API from one asyncio client, whose own work on this shared CPU is
   smaller still (the table gives the CPU-seconds the clients spend per burst), and once more as 16 copies
   of one request (all seed 0, the tab's default) over that request alone. Each REST request comes
   with its user's session, as a browser's or a ``gradio_client`` one does (sessions persist between
-  repeats, so only the warm-up sets them up). The 16 requests share their prompt, which the batcher
-  reads once for all of them.
+  repeats, so only the warm-up sets them up). The 16 requests share their prompt, which the batcher reads once for all of them; the 200-token prompt's
+  keys and values it also keeps once (``llm_memory/shared_prefix.py``; ``bench/batch_decoding.py``
+  measures that against keeping them per row).
 - decoder process: the app decodes in a child process (``llm_memory/decoder_process.py``); a second
   app started with ``LLM_MEMORY_DECODER_PROCESS=0`` decodes in the server's own process, and the same
   one and 16 ``gradio_client`` requests (short prompt) on it are the baseline, in the same run.
@@ -64,6 +65,8 @@ TARGETS = {
     "concurrency_ratio_long": 3.0,
     "rest_ratio_short": 3.0,
     "rest_same_ratio_short": 3.0,
+    "rest_ratio_long": 3.0,
+    "rest_same_ratio_long": 3.0,
 }
 # The Generate tab's first example. With it, 16 requests cost mostly decoding, which batching shares; with
 # a 200-token prompt they also cost 16 prompt passes, which no batching shares (the same tokens x 16).
@@ -224,6 +227,25 @@ def rest_seconds(url: str, prompt: str, seeds: Sequence[int]) -> float:
     return asyncio.run(run())
 
 
+def rest_timings(url: str, name: str, prompt: str, repeats: int) -> dict[str, float]:
+    """Through the REST API: one request (the mean of seeds 0-15 sent one at a time) and the 16 at
+    once, with the client's CPU-seconds for them; one request with seed 0 and 16 copies of it."""
+    timings = {}
+    timings[f"rest_one_{name}_s"] = median(
+        lambda: one_at_a_time_seconds(lambda seed: rest_seconds(url, prompt, [seed])), repeats
+    )
+    cpu = []
+    timings[f"rest_sixteen_{name}_s"] = median(
+        with_cpu(lambda: rest_seconds(url, prompt, range(NUM_CLIENTS)), cpu), repeats
+    )
+    timings[f"rest_sixteen_{name}_client_cpu_s"] = statistics.median(cpu[1:])
+    timings[f"rest_one_seed0_{name}_s"] = median(lambda: rest_seconds(url, prompt, [0]), repeats)
+    timings[f"rest_sixteen_same_{name}_s"] = median(
+        lambda: rest_seconds(url, prompt, [0] * NUM_CLIENTS), repeats
+    )
+    return timings
+
+
 def bench_clients(url: str) -> list[Client]:
     """The burst's ``gradio_client`` clients; plain HTTP on the loopback, no certificate to check (see
     the docstring)."""
@@ -350,19 +372,8 @@ def main():
                 one_and_sixteen_seconds(clients, text, args.repeats, cpu)
             )
             timings[f"sixteen_generate_{name}_client_cpu_s"] = statistics.median(cpu[1:])
-        timings["rest_one_short_s"] = median(
-            lambda: one_at_a_time_seconds(lambda seed: rest_seconds(url, SHORT_PROMPT, [seed])), args.repeats
-        )
-        cpu = []
-        timings["rest_sixteen_short_s"] = median(
-            with_cpu(lambda: rest_seconds(url, SHORT_PROMPT, range(NUM_CLIENTS)), cpu),
-            args.repeats,
-        )
-        timings["rest_sixteen_short_client_cpu_s"] = statistics.median(cpu[1:])
-        timings["rest_one_seed0_short_s"] = median(lambda: rest_seconds(url, SHORT_PROMPT, [0]), args.repeats)
-        timings["rest_sixteen_same_short_s"] = median(
-            lambda: rest_seconds(url, SHORT_PROMPT, [0] * NUM_CLIENTS), args.repeats
-        )
+        for name, text in (("short", SHORT_PROMPT), ("long", prompt)):
+            timings.update(rest_timings(url, name, text, args.repeats))
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -370,11 +381,11 @@ def main():
     timings.update(in_process_seconds(args, prompt, args.repeats))
 
     results = {"ready_s": ready, "first_token_s": first_token, "attention_256_s": attention, **timings}
-    results["rest_ratio_short"] = timings["rest_sixteen_short_s"] / timings["rest_one_short_s"]
-    results["rest_same_ratio_short"] = (
-        timings["rest_sixteen_same_short_s"] / timings["rest_one_seed0_short_s"]
-    )
     for name in ("short", "long"):
+        results[f"rest_ratio_{name}"] = timings[f"rest_sixteen_{name}_s"] / timings[f"rest_one_{name}_s"]
+        results[f"rest_same_ratio_{name}"] = (
+            timings[f"rest_sixteen_same_{name}_s"] / timings[f"rest_one_seed0_{name}_s"]
+        )
         results[f"concurrency_ratio_{name}"] = (
             timings[f"sixteen_generate_{name}_s"] / timings[f"one_generate_{name}_s"]
         )
@@ -418,14 +429,16 @@ def main():
                     "decoder_process_gain_short",
                     "x",
                 ),
-                ("  one, REST API (one asyncio client)", "rest_one_short_s", "s"),
-                (f"  {NUM_CLIENTS} at once, REST API", "rest_sixteen_short_s", "s"),
-                ("  the client's CPU-seconds for it", "rest_sixteen_short_client_cpu_s", "s"),
-                (f"  {NUM_CLIENTS} at once / one, REST API", "rest_ratio_short", "x"),
-                ("  one, REST API, seed 0", "rest_one_seed0_short_s", "s"),
-                (f"  {NUM_CLIENTS} at once, REST API, all seed 0", "rest_sixteen_same_short_s", "s"),
-                (f"  {NUM_CLIENTS} at once / one, all seed 0", "rest_same_ratio_short", "x"),
             ]
+        rows += [
+            ("  one, REST API (one asyncio client)", f"rest_one_{name}_s", "s"),
+            (f"  {NUM_CLIENTS} at once, REST API", f"rest_sixteen_{name}_s", "s"),
+            ("  the client's CPU-seconds for it", f"rest_sixteen_{name}_client_cpu_s", "s"),
+            (f"  {NUM_CLIENTS} at once / one, REST API", f"rest_ratio_{name}", "x"),
+            ("  one, REST API, seed 0", f"rest_one_seed0_{name}_s", "s"),
+            (f"  {NUM_CLIENTS} at once, REST API, all seed 0", f"rest_sixteen_same_{name}_s", "s"),
+            (f"  {NUM_CLIENTS} at once / one, all seed 0", f"rest_same_ratio_{name}", "x"),
+        ]
     print(f"model: {args.model}  ·  {os.cpu_count()} CPUs  ·  medians of {args.repeats} after a warm-up\n")
     width = max(len(label) for label, _, _ in rows)
     print(f"| {'measure':<{width}} | {'value':>8} | {'target':>8} | met |")

@@ -1,4 +1,4 @@
-"""The batcher's cache and first pass against Transformers' defaults, side by side on the default checkpoint.
+"""The batcher's cache, first pass and shared prompt against their baselines, side by side on the default checkpoint.
 
 The model is loaded once, as the app serves it (packed linear layers, one torch thread). Each round
 runs both forms of each measure, the order alternating; figures are medians over rounds.
@@ -7,11 +7,15 @@ runs both forms of each measure, the order alternating; figures are medians over
   room for 128 new tokens) take 100 greedy steps, with ``DynamicCache`` (keys and values concatenated
   on every step) and with the batcher's cache (written into tensors reserved for the batch);
 - first pass over 16 requests with the same 128-token prompt: 16 rows read together, against the
-  prompt read once and its cache copied out to 16 rows (what the batcher does for rows with the same
-  context).
+  prompt read once and its cache copied out to 16 rows (what the batcher did for rows with the same
+  context before it kept a shared prompt once, and still does for contexts shorter than
+  ``SHARED_PREFIX_MIN_TOKENS``);
+- a burst: the batcher decodes 16 sampled requests with that prompt (seeds 0-15, the app's default
+  settings, up to 128 new tokens) as one batch, with the prompt's keys and values kept per row
+  (``LLM_MEMORY_SHARED_PREFIX_MIN_TOKENS=0``) and once (``llm_memory/shared_prefix.py``).
 
-Parity: the greedy tokens of both caches, and the largest difference between the two first passes'
-logits.
+Parity: the greedy tokens of both caches, the largest difference between the two first passes'
+logits, and the burst's 16 texts, token for token.
 
     python bench/batch_decoding.py [--model PATH] [--rounds 5] [--json bench/results/batch_decoding.json]
 """
@@ -78,10 +82,28 @@ def first_pass(model, input_ids, shared: bool) -> tuple[float, torch.Tensor]:
     return (time.perf_counter() - start) * 1000, logits
 
 
+def burst(models, prompt: list[int], shared: bool) -> tuple[float, list[list[int]]]:
+    """Milliseconds for the batcher to decode 16 sampled requests with ``prompt`` as one batch, the
+    prompt's keys and values kept once (``shared``) or per row, and each row's tokens."""
+    batcher = models.batcher
+    batcher.shared_prefix_min_tokens = inference.SHARED_PREFIX_MIN_TOKENS if shared else 0
+    rows = [
+        inference._Row(prompt, inference.check_generation_settings(models, max_new_tokens=STEPS, seed=seed))
+        for seed in range(ROWS)
+    ]
+    start = time.perf_counter()
+    batcher.generate(inference._Batch(rows))
+    return (time.perf_counter() - start) * 1000, [row.tokens for row in rows]
+
+
 def main():
     args = side_by_side_arguments(__doc__)
     models = inference.load_models(args.model)
     model, tokenizer = models.lm, models.lm_tokenizer
+    if not models.batcher.shared_prefix_min_tokens:
+        raise SystemExit(
+            "The batcher keeps no shared prompt once here (LLM_MEMORY_SHARED_PREFIX_MIN_TOKENS=0?)."
+        )
     reviews = " ".join(load_movie_reviews()["test"]["text"][:20])
     prompt = tokenizer(reviews, add_special_tokens=False, verbose=False)["input_ids"][:PROMPT_TOKENS]
     input_ids = torch.tensor([prompt] * ROWS)
@@ -92,7 +114,8 @@ def main():
     }
     step_ms = {name: [] for name in caches}
     pass_ms = {False: [], True: []}
-    tokens, logits = {}, {}
+    burst_ms = {False: [], True: []}
+    tokens, logits, texts = {}, {}, {}
     decode(model, input_ids, caches["reserved"]())  # warm-up
     for round_index in range(args.rounds):
         order = list(caches) if round_index % 2 == 0 else list(reversed(caches))
@@ -102,32 +125,47 @@ def main():
         for shared in (round_index % 2 == 0, round_index % 2 != 0):
             milliseconds, logits[shared] = first_pass(model, input_ids, shared)
             pass_ms[shared].append(milliseconds)
+        for shared in (round_index % 2 == 0, round_index % 2 != 0):
+            milliseconds, texts[shared] = burst(models, prompt, shared)
+            burst_ms[shared].append(milliseconds)
 
     results = {
         "step_16_rows_dynamic_ms": statistics.median(step_ms["DynamicCache"]),
         "step_16_rows_reserved_ms": statistics.median(step_ms["reserved"]),
         "first_pass_16_rows_ms": statistics.median(pass_ms[False]),
         "first_pass_shared_ms": statistics.median(pass_ms[True]),
+        "burst_per_row_ms": statistics.median(burst_ms[False]),
+        "burst_shared_prefix_ms": statistics.median(burst_ms[True]),
         "same_tokens": bool(torch.equal(tokens["DynamicCache"], tokens["reserved"])),
         "first_pass_max_logit_difference": float((logits[True] - logits[False]).abs().max()),
+        "burst_same_texts": texts[True] == texts[False],
+        "burst_new_tokens": sum(map(len, texts[True])),
     }
     results["step_ratio"] = results["step_16_rows_reserved_ms"] / results["step_16_rows_dynamic_ms"]
     results["first_pass_ratio"] = results["first_pass_shared_ms"] / results["first_pass_16_rows_ms"]
+    results["burst_ratio"] = results["burst_shared_prefix_ms"] / results["burst_per_row_ms"]
     print(f"model: {args.model}  ·  {ROWS} rows, {PROMPT_TOKENS}-token prompt  ·  medians of {args.rounds}\n")
-    print("| measure | Transformers' default | batcher | ratio |")
+    print("| measure | baseline | batcher | ratio |")
     print("|---|---|---|---|")
     print(
-        f"| decoding step, {ROWS} rows, {PROMPT_TOKENS}-{PROMPT_TOKENS + STEPS} positions (ms) "
+        f"| decoding step, {ROWS} rows, {PROMPT_TOKENS}-{PROMPT_TOKENS + STEPS} positions: DynamicCache / reserved (ms) "
         f"| {results['step_16_rows_dynamic_ms']:.2f} | {results['step_16_rows_reserved_ms']:.2f} "
         f"| {results['step_ratio']:.2f} |"
     )
     print(
-        f"| first pass, {ROWS} requests with one prompt (ms) | {results['first_pass_16_rows_ms']:.1f} "
+        f"| first pass, {ROWS} requests with one prompt: {ROWS} rows / the prompt once (ms) "
+        f"| {results['first_pass_16_rows_ms']:.1f} "
         f"| {results['first_pass_shared_ms']:.1f} | {results['first_pass_ratio']:.2f} |"
     )
     print(
+        f"| {ROWS} sampled requests with one prompt, decoded as one batch: the prompt kept per row / once "
+        f"(ms) | {results['burst_per_row_ms']:.0f} | {results['burst_shared_prefix_ms']:.0f} "
+        f"| {results['burst_ratio']:.2f} |"
+    )
+    print(
         f"\nsame greedy tokens: {results['same_tokens']}; largest first-pass logit difference: "
-        f"{results['first_pass_max_logit_difference']:.1e}"
+        f"{results['first_pass_max_logit_difference']:.1e}; the burst's {results['burst_new_tokens']} "
+        f"sampled tokens the same: {results['burst_same_texts']}"
     )
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, **results}, indent=2))

@@ -8,8 +8,8 @@ UI. Every function takes the ``Models`` loaded once by ``load_models``, checks i
   as text-generation servers do, by a loop over the model's forward pass and its cache (a row that
   ends leaves the batch at once). Each row keeps its own settings and seed: the sampler draws each
   row's token with that row's temperature, top-k, top-p, repetition penalty and random generator, so
-  a seeded request gives the same text alone or batched. Beam search goes through
-  ``GenerationMixin.generate``.
+  a seeded request gives the same text alone or batched. Rows that begin with the same prompt keep
+  its keys and values once (``shared_prefix``). Beam search goes through ``GenerationMixin.generate``.
 - The models' linear layers run on oneDNN's fp32 kernels when gradients are off (``packed_linear``).
 - Attributions are gradient x input on the input embeddings (Shrikumar et al., 2016), summed over the
   tokens of each readable piece.
@@ -46,9 +46,13 @@ from transformers import (
     GenerationConfig,
     PreTrainedModel,
 )
-from transformers.cache_utils import DynamicLayer, LinearAttentionAndFullAttentionLayer
+from transformers.cache_utils import (
+    DynamicLayer,
+    LinearAttentionAndFullAttentionLayer,
+    LinearAttentionCacheLayerMixin,
+)
 
-from . import attention_view
+from . import attention_view, shared_prefix
 from .data import truncate, truncation_side
 from .packed_linear import pack_linears
 from .tokenization import REPLACEMENT_CHAR, readable_pieces
@@ -109,6 +113,10 @@ GENERATION_WORKERS = int(
 # A running batch with room takes in new requests while it has made at most this many tokens: its rows
 # then read their prompt and tokens so far again, which costs little while they are short.
 REBATCH_MAX_TOKENS = int(os.environ.get("LLM_MEMORY_REBATCH_MAX_TOKENS", "64"))
+# Rows whose contexts begin with at least this many of the same tokens keep that part's keys and values
+# once (``shared_prefix``); below it, reading the part for each row costs less than a second pass. 0
+# turns it off.
+SHARED_PREFIX_MIN_TOKENS = int(os.environ.get("LLM_MEMORY_SHARED_PREFIX_MIN_TOKENS", "32"))
 # A request that sees no token for this long fails instead of waiting forever.
 GENERATION_TIMEOUT_S = 300.0
 
@@ -581,6 +589,15 @@ class GenerationBatcher:
         # Each row's positions count its own tokens only, as generate() gives them: a left-padded row
         # then reads as it would alone, and a batch may span more columns than the window.
         self.takes_position_ids = "position_ids" in inspect.signature(model.forward).parameters
+        # Shared tokens read once need positions given per row, and every layer attending to the whole
+        # context (a sliding window would drop part of the shared tokens).
+        self.shared_prefix_min_tokens = (
+            SHARED_PREFIX_MIN_TOKENS
+            if self.takes_position_ids
+            and all(type(layer) in _RESERVED_LAYERS for layer in DynamicCache(config=model.config).layers)
+            and shared_prefix.install(model)
+            else 0
+        )
         self._collector: threading.Thread | None = None
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # of the last batches run, for tests and benchmarks
         self.rebatches = 0  # batches stopped to take in new requests
@@ -693,32 +710,39 @@ class GenerationBatcher:
         different lengths, and generate() would keep computing every row until the longest is done.
         A row continues after the tokens it already has; tokens reach each row as they come.
 
-        Rows with the same context (users who sent the same prompt, an example's) share the first pass:
-        it reads each distinct context once, then the keys, values and LSTM state are copied out to
-        the rows, which go on with their own settings and seeds."""
-        distinct: dict[tuple[int, ...], int] = {}
-        reader = [
-            distinct.setdefault(tuple(row.prompt_ids + row.tokens), len(distinct)) for row in batch.rows
-        ]
-        length = max(map(len, distinct))
-        pad_lengths = [length - len(context) for context in distinct]
-        input_ids = torch.full((len(distinct), length), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(distinct), length), dtype=torch.long)
-        for i, context in enumerate(distinct):
-            input_ids[i, pad_lengths[i] :] = torch.tensor(context)
-            attention_mask[i, pad_lengths[i] :] = 1
-        fan_out = torch.tensor(reader) if len(distinct) < len(reader) else None
-        # Its rows: those still going.
-        sampler = _RowSampler(list(batch.rows), [pad_lengths[i] for i in reader])
+        Rows whose contexts begin alike (users who sent the same prompt, an example's) read that
+        shared part once, as one row, and keep its keys and values once (``shared_prefix``): each row
+        then holds only its own tokens after it, and its LSTM state starts from the shared part's.
+        Otherwise rows with the same context share the first pass: it reads each distinct context
+        once, then the keys, values and LSTM state are copied out to the rows. Either way the rows go
+        on with their own settings and seeds."""
+        pad_token_id = self.tokenizer.pad_token_id
+        contexts = [row.prompt_ids + row.tokens for row in batch.rows]
         steps = max(row.settings.max_new_tokens - len(row.tokens) for row in batch.rows)
-        cache = _reserving_cache(self.model.config, length + steps)
-        step_ids = input_ids  # the first step reads the whole contexts
+        # Every row's tokens, left-padded: what the sampler reads (the repetition penalty).
+        input_ids, attention_mask = _left_padded(contexts, pad_token_id)
+        sampler = _RowSampler(list(batch.rows), [input_ids.shape[1] - len(context) for context in contexts])
+        shared = self._shared_length(contexts)
+        offset, attention_kwargs, fan_out = 0, {}, None
+        if shared:
+            # The model sees each row's own tokens (after the shared ones), at positions after them.
+            step_ids, attention_mask = _left_padded([context[shared:] for context in contexts], pad_token_id)
+            prefix, cache = self._read_shared(contexts[0][:shared], len(contexts), step_ids.shape[1] + steps)
+            offset, attention_kwargs = shared, {"shared_prefix": prefix}
+        else:
+            distinct: dict[tuple[int, ...], int] = {}
+            reader = [distinct.setdefault(tuple(context), len(distinct)) for context in contexts]
+            if len(distinct) < len(reader):  # the first step reads each distinct context once
+                input_ids, attention_mask = _left_padded(list(distinct), pad_token_id)
+                fan_out = torch.tensor(reader)
+            cache = _reserving_cache(self.model.config, input_ids.shape[1] + steps)
+            step_ids = input_ids  # the first step reads the whole contexts
         with torch.no_grad():
             while True:
                 positions = {}
                 if self.takes_position_ids:
                     real = attention_mask.cumsum(-1) - 1
-                    positions["position_ids"] = real[:, -step_ids.shape[1] :].clamp(min=0)
+                    positions["position_ids"] = (real[:, -step_ids.shape[1] :] + offset).clamp(min=0)
                 logits = self.model(
                     step_ids,
                     attention_mask=attention_mask,
@@ -726,6 +750,7 @@ class GenerationBatcher:
                     use_cache=True,
                     logits_to_keep=1,
                     **positions,
+                    **attention_kwargs,
                 ).logits[:, -1]
                 if fan_out is not None:  # after the first pass: a row each again
                     logits, input_ids, attention_mask = (
@@ -758,8 +783,50 @@ class GenerationBatcher:
                         input_ids[index],
                         attention_mask[index],
                     )
-                    cache.reorder_cache(index)  # keys and values of every layer, and the LSTM state
+                    # Keys and values of every layer, and the LSTM state; shared ones stay as they are.
+                    cache.reorder_cache(index)
                     sampler.select(index)
+
+    def _shared_length(self, contexts: list[list[int]]) -> int:
+        """How many first tokens the rows' contexts share, to be read once: at most all but each
+        row's last token (whose logits the rows need), and 0 for one row or too few tokens."""
+        if len(contexts) < 2 or not self.shared_prefix_min_tokens:
+            return 0
+        shared = 0
+        for column in zip(*contexts, strict=False):  # up to the shortest
+            if any(token != column[0] for token in column):
+                break
+            shared += 1
+        shared = min(shared, min(map(len, contexts)) - 1)
+        return shared if shared >= self.shared_prefix_min_tokens else 0
+
+    def _read_shared(self, prefix_ids: list[int], rows: int, positions: int):
+        """Reads the shared tokens once. Returns their keys and values by layer, (1, nh, P, hd) each,
+        and a cache for the rows' own tokens (``positions`` of them reserved) whose LSTM state is the
+        one after the shared tokens, a copy per row."""
+        prefix_cache = _reserving_cache(self.model.config, len(prefix_ids))
+        self.model(torch.tensor([prefix_ids]), past_key_values=prefix_cache, use_cache=True, logits_to_keep=1)
+        prefix = {index: (layer.keys, layer.values) for index, layer in enumerate(prefix_cache.layers)}
+        cache = _reserving_cache(self.model.config, positions)
+        for source, layer in zip(prefix_cache.layers, cache.layers, strict=True):
+            if isinstance(source, LinearAttentionCacheLayerMixin):
+                for state_index, initialized in source.is_recurrent_states_initialized.items():
+                    if initialized:
+                        state = source.recurrent_states[state_index]  # (1, ...), batch first
+                        state = state.expand(rows, *state.shape[1:]).contiguous()
+                        layer.update_recurrent_state(state, state_idx=state_index)
+        return prefix, cache
+
+
+def _left_padded(sequences, pad_token_id: int) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """The token lists as one left-padded batch, (B, longest), and its attention mask."""
+    length = max(map(len, sequences))
+    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, sequence in enumerate(sequences):
+        input_ids[i, length - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
+        attention_mask[i, length - len(sequence) :] = 1
+    return input_ids, attention_mask
 
 
 def _decode_complete(tokenizer, ids: list[int]) -> str:

@@ -16,6 +16,7 @@ from llm_memory import (
     MemoryTransformerForSequenceClassification,
     attention_view,
     inference,
+    shared_prefix,
 )
 from llm_memory.inference import InputError, ModelLoadError
 from llm_memory.packed_linear import PackedLinear
@@ -359,6 +360,120 @@ def test_rows_with_the_same_prompt_share_the_first_pass_and_keep_their_own_texts
     assert passes[first + 1 :].count((4, 1)) >= 1 and passes[first + 1][0] == 4
 
 
+@pytest.mark.parametrize("new_tokens", [1, 3])
+def test_shared_prefix_attention_is_sdpa_over_the_whole_context(models, new_tokens):
+    # 3 rows, 4 heads: 20 shared positions, then 5 own ones, the first row's first 2 of them pads.
+    torch.manual_seed(0)
+    rows, heads, shared, own, head_dim = 3, 4, 20, 5, 8
+    query = torch.randn(rows, heads, new_tokens, head_dim)
+    key, value = torch.randn(rows, heads, own, head_dim), torch.randn(rows, heads, own, head_dim)
+    prefix_keys, prefix_values = (
+        torch.randn(1, heads, shared, head_dim),
+        torch.randn(1, heads, shared, head_dim),
+    )
+    visible = torch.ones(rows, 1, new_tokens, own, dtype=torch.bool).tril(own - new_tokens)
+    visible[0, :, :, :2] = False
+    layer = models.lm.model.layers[0].attn
+    got, weights = shared_prefix.shared_prefix_attention(
+        layer, query, key, value, visible, scaling=0.3, shared_prefix={0: (prefix_keys, prefix_values)}
+    )
+    whole_visible = torch.cat([torch.ones(rows, 1, new_tokens, shared, dtype=torch.bool), visible], dim=-1)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        torch.cat([prefix_keys.expand(rows, -1, -1, -1), key], dim=2),
+        torch.cat([prefix_values.expand(rows, -1, -1, -1), value], dim=2),
+        attn_mask=whole_visible,
+        scale=0.3,
+    )
+    assert weights is None
+    torch.testing.assert_close(got, expected.transpose(1, 2), rtol=0, atol=1e-6)
+    # Without a mask, the own tokens are causal among themselves, as SDPA's is_causal.
+    causal = torch.ones(new_tokens, own, dtype=torch.bool).tril(own - new_tokens)
+    got, _ = shared_prefix.shared_prefix_attention(
+        layer, query, key, value, None, scaling=0.3, shared_prefix={0: (prefix_keys, prefix_values)}
+    )
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        torch.cat([prefix_keys.expand(rows, -1, -1, -1), key], dim=2),
+        torch.cat([prefix_values.expand(rows, -1, -1, -1), value], dim=2),
+        attn_mask=torch.cat([torch.ones(new_tokens, shared, dtype=torch.bool), causal], dim=-1),
+        scale=0.3,
+    )
+    torch.testing.assert_close(got, expected.transpose(1, 2), rtol=0, atol=1e-6)
+
+
+def test_the_batchers_model_attends_with_sdpa_where_no_prefix_is_shared(models):
+    assert models.lm.config._attn_implementation == shared_prefix.NAME
+    ids = torch.tensor([inference.encode(models.lm_tokenizer, "The movie was good, and so was the music.")])
+    with torch.no_grad():
+        got = models.lm(ids).logits
+        models.lm.set_attn_implementation("sdpa")
+        try:
+            expected = models.lm(ids).logits
+        finally:
+            models.lm.set_attn_implementation(shared_prefix.NAME)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def recording_forward(models, monkeypatch) -> list[tuple[tuple[int, ...], bool]]:
+    """Records each forward pass of the language model: the shape of its input ids, and whether it
+    was given shared keys and values."""
+    passes = []
+    forward = models.lm.forward
+
+    def recording(input_ids, *args, **kwargs):
+        passes.append((tuple(input_ids.shape), "shared_prefix" in kwargs))
+        return forward(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(models.lm, "forward", recording)
+    return passes
+
+
+def test_rows_with_a_long_shared_prompt_read_it_once_and_keep_their_own_texts(models, monkeypatch):
+    # Three users send one long prompt with different seeds: the prompt's keys and values are read and
+    # kept once, and each row still makes the text it makes alone.
+    prompt = "The movie was long, the music was loud and the actors were " * 3
+    settings = dict(strategy="sample", temperature=1.2, top_k=0, top_p=1.0, max_new_tokens=12)
+    seeds = {"a": 1, "b": 2, "c": 3}
+
+    def make(key):
+        return inference.generate(models, prompt, **settings, seed=seeds[key]).text
+
+    alone = {key: make(key) for key in seeds}
+    assert len(set(alone.values())) == 3
+    length = len(inference.encode(models.lm_tokenizer, prompt)[-(TINY_WINDOW - 12) :])
+    assert length - 1 >= models.batcher.shared_prefix_min_tokens  # long enough to be shared
+
+    passes = recording_forward(models, monkeypatch)
+    results = run_together_while_busy(models, monkeypatch, make, seeds, busy_tokens=30)
+    assert list(models.batcher.batch_sizes)[-1] == 3
+    assert results == alone
+    # One pass over the shared tokens (all but the last), then steps of the three rows' own tokens.
+    first = passes.index(((1, length - 1), False))
+    assert passes[first + 1] == ((3, 1), True)
+    assert all(shared for (rows, _), shared in passes[first + 1 :] if rows > 1)
+
+
+def test_rows_that_made_tokens_before_joining_others_on_a_shared_prompt_keep_their_texts(models, monkeypatch):
+    # The first request runs alone, then two more with the same prompt stop it and join it: the three
+    # rows share the prompt; the first row's own part (its tokens so far) is longer than the others'
+    # (left-padded), read in one pass of several tokens.
+    settings = dict(strategy="sample", temperature=1.2, top_k=0, top_p=1.0, max_new_tokens=12, seed=5)
+    prompt = "The movie was long, the music was loud and the actors were " * 3
+    alone = inference.generate(models, prompt, **settings).text
+    slow_decoding(models, monkeypatch)
+    monkeypatch.setattr(models.batcher, "window_s", 0.05)
+    monkeypatch.setattr(models.batcher, "quiet_s", 0.05)
+    passes = recording_forward(models, monkeypatch)
+    rebatches = models.batcher.rebatches
+    together = run_together(models, prompt, {"b": prompt, "c": prompt}, settings)
+    assert models.batcher.rebatches == rebatches + 1
+    assert list(models.batcher.batch_sizes)[-1] == 3
+    assert together == {"first": alone, "b": alone, "c": alone}
+    rows, own = next(shape for shape, shared in passes if shared)
+    assert rows == 3 and own > 1
+
+
 def slow_decoding(models, monkeypatch, seconds: float = 0.02):
     """Each forward pass of the language model takes at least ``seconds``: a request keeps running
     long enough for others to arrive while it does."""
@@ -488,7 +603,9 @@ def test_min_interval_spaces_the_updates_and_keeps_the_text(models, monkeypatch)
 def test_rows_that_span_more_columns_than_the_window_together_are_one_batch(models, monkeypatch):
     # Prompts cut to the window less 30 tokens, 30 new tokens each: a row with tokens already made,
     # left-padded beside a new one, makes the batch wider than the window, while each row's own
-    # positions stay inside it (they count its tokens, not the columns).
+    # positions stay inside it (they count its tokens, not the columns). The rows' shared prompt is
+    # read for each row here, not once (see the shared-prefix tests).
+    monkeypatch.setattr(models.batcher, "shared_prefix_min_tokens", 0)
     settings = dict(strategy="greedy", max_new_tokens=30)
     prompt = "word " * 100
     alone = inference.generate(models, prompt, **settings).text
