@@ -805,7 +805,10 @@ class GenerationBatcher:
         and a cache for the rows' own tokens (``positions`` of them reserved) whose LSTM state is the
         one after the shared tokens, a copy per row."""
         prefix_cache = _reserving_cache(self.model.config, len(prefix_ids))
-        self.model(torch.tensor([prefix_ids]), past_key_values=prefix_cache, use_cache=True, logits_to_keep=1)
+        with torch.no_grad():  # this thread's own grad mode is on
+            self.model(
+                torch.tensor([prefix_ids]), past_key_values=prefix_cache, use_cache=True, logits_to_keep=1
+            )
         prefix = {index: (layer.keys, layer.values) for index, layer in enumerate(prefix_cache.layers)}
         cache = _reserving_cache(self.model.config, positions)
         for source, layer in zip(prefix_cache.layers, cache.layers, strict=True):

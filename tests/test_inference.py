@@ -415,14 +415,14 @@ def test_the_batchers_model_attends_with_sdpa_where_no_prefix_is_shared(models):
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
-def recording_forward(models, monkeypatch) -> list[tuple[tuple[int, ...], bool]]:
-    """Records each forward pass of the language model: the shape of its input ids, and whether it
-    was given shared keys and values."""
+def recording_forward(models, monkeypatch) -> list[tuple[tuple[int, ...], bool, bool]]:
+    """Records each forward pass of the language model: the shape of its input ids, whether it was
+    given shared keys and values, and whether gradients were on."""
     passes = []
     forward = models.lm.forward
 
     def recording(input_ids, *args, **kwargs):
-        passes.append((tuple(input_ids.shape), "shared_prefix" in kwargs))
+        passes.append((tuple(input_ids.shape), "shared_prefix" in kwargs, torch.is_grad_enabled()))
         return forward(input_ids, *args, **kwargs)
 
     monkeypatch.setattr(models.lm, "forward", recording)
@@ -449,9 +449,9 @@ def test_rows_with_a_long_shared_prompt_read_it_once_and_keep_their_own_texts(mo
     assert list(models.batcher.batch_sizes)[-1] == 3
     assert results == alone
     # One pass over the shared tokens (all but the last), then steps of the three rows' own tokens.
-    first = passes.index(((1, length - 1), False))
-    assert passes[first + 1] == ((3, 1), True)
-    assert all(shared for (rows, _), shared in passes[first + 1 :] if rows > 1)
+    first = passes.index(((1, length - 1), False, False))
+    assert passes[first + 1] == ((3, 1), True, False)
+    assert all(shared and not grad for (rows, _), shared, grad in passes[first + 1 :] if rows > 1)
 
 
 def test_rows_that_made_tokens_before_joining_others_on_a_shared_prompt_keep_their_texts(models, monkeypatch):
@@ -470,7 +470,7 @@ def test_rows_that_made_tokens_before_joining_others_on_a_shared_prompt_keep_the
     assert models.batcher.rebatches == rebatches + 1
     assert list(models.batcher.batch_sizes)[-1] == 3
     assert together == {"first": alone, "b": alone, "c": alone}
-    rows, own = next(shape for shape, shared in passes if shared)
+    rows, own = next(shape for shape, shared, _ in passes if shared)
     assert rows == 3 and own > 1
 
 
