@@ -454,6 +454,40 @@ def test_rows_with_a_long_shared_prompt_read_it_once_and_keep_their_own_texts(mo
     assert all(shared and not grad for (rows, _), shared, grad in passes[first + 1 :] if rows > 1)
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(position_embedding_type="rope", use_lstm=False),
+        dict(position_embedding_type="sinusoidal"),
+        dict(position_embedding_type="rope", lstm_num_layers=2),
+    ],
+)
+def test_a_shared_prompt_kept_once_gives_the_tokens_of_one_kept_per_row(tokenizer, tmp_path, overrides):
+    # Every position kind, with and without the LSTM (one or two layers of state to copy out).
+    torch.manual_seed(0)
+    MemoryTransformerForCausalLM(tiny_config(tokenizer, **overrides)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    models = inference.load_models(str(tmp_path))
+    prompt = inference.encode(tokenizer, "The movie was long, the music was loud and the actors were " * 3)
+    prompt = prompt[-(TINY_WINDOW - 12) :]
+
+    def tokens(shared_prefix_min_tokens: int) -> list[list[int]]:
+        models.batcher.shared_prefix_min_tokens = shared_prefix_min_tokens
+        rows = [
+            inference._Row(
+                prompt,
+                inference.check_generation_settings(models, max_new_tokens=12, seed=seed, temperature=1.5),
+            )
+            for seed in range(4)
+        ]
+        models.batcher.generate(inference._Batch(rows))
+        return [row.tokens for row in rows]
+
+    shared = tokens(inference.SHARED_PREFIX_MIN_TOKENS)
+    assert len(set(map(tuple, shared))) > 1  # the seeds make different texts
+    assert shared == tokens(0)
+
+
 def test_rows_that_made_tokens_before_joining_others_on_a_shared_prompt_keep_their_texts(models, monkeypatch):
     # The first request runs alone, then two more with the same prompt stop it and join it: the three
     # rows share the prompt; the first row's own part (its tokens so far) is longer than the others'
