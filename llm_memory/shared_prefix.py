@@ -3,12 +3,13 @@
 Users of the demo often send the same prompt (an example's, or one text asked for several samples),
 and a batch's rows then differ only after it. Decoding keeps every row's keys and values, so a step of
 16 rows over a shared 128-token prompt reads the prompt's keys and values 16 times; at that length the
-reading is most of the step (SDPA took 39% of a 16-row step in ``torch.profiler``). Here the shared
-part is kept once, (1, nh, P, hd), and each row keeps only its own tokens after it: every row's queries
-meet the shared keys in one matrix product per head, which reads them once, and their own keys in a
-product per row; both sets of scores go through one softmax, so a row attends exactly as it would to
-its whole context. This is the cascade (shared-prefix) attention of Hydragen (Juravsky et al., 2024)
-and FlashInfer, written with plain PyTorch products.
+reading is much of the step (SDPA took 39% of the time of 16 rows making 128 tokens after a 128-token
+prompt, in ``torch.profiler``). Here the shared part is kept once, (1, nh, P, hd), and each row keeps
+only its own tokens after it: every row's queries meet the shared keys in one matrix product per head,
+which reads them once, and their own keys in a product per row; both sets of scores go through one
+softmax, so a row attends as it would to its whole context (to rounding: the sums run in another
+order). This is the cascade (shared-prefix) attention of Hydragen (Juravsky et al., 2024), written
+with plain PyTorch products.
 
 ``install(model)`` registers the function with Transformers' attention interface and makes it the
 model's implementation. A call without ``shared_prefix`` (every call but the batcher's decoding
