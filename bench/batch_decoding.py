@@ -17,7 +17,11 @@ runs both forms of each measure, the order alternating; figures are medians over
 Parity: the greedy tokens of both caches, the largest difference between the two first passes'
 logits, and the burst's 16 texts, token for token.
 
-    python bench/batch_decoding.py [--model PATH] [--rounds 5] [--json bench/results/batch_decoding.json]
+``--shared_prompts 8,40,48`` also times the burst with prompts of those lengths (the first tokens of
+the same text), the prompt kept once from any length against per row: where keeping it once starts to
+pay, which ``SHARED_PREFIX_MIN_TOKENS`` follows.
+
+    python bench/batch_decoding.py [--model PATH] [--rounds 5] [--shared_prompts 8,40,48] [--json PATH]
 """
 
 import os
@@ -84,9 +88,10 @@ def first_pass(model, input_ids, shared: bool) -> tuple[float, torch.Tensor]:
 
 def burst(models, prompt: list[int], shared: bool) -> tuple[float, list[list[int]]]:
     """Milliseconds for the batcher to decode 16 sampled requests with ``prompt`` as one batch, the
-    prompt's keys and values kept once (``shared``) or per row, and each row's tokens."""
+    prompt's keys and values kept once (``shared``, however short it is) or per row, and each row's
+    tokens."""
     batcher = models.batcher
-    batcher.shared_prefix_min_tokens = inference.SHARED_PREFIX_MIN_TOKENS if shared else 0
+    batcher.shared_prefix_min_tokens = 1 if shared else 0
     rows = [
         inference._Row(prompt, inference.check_generation_settings(models, max_new_tokens=STEPS, seed=seed))
         for seed in range(ROWS)
@@ -96,8 +101,29 @@ def burst(models, prompt: list[int], shared: bool) -> tuple[float, list[list[int
     return (time.perf_counter() - start) * 1000, [row.tokens for row in rows]
 
 
+def bursts(models, prompt: list[int], rounds: int) -> tuple[float, float, bool, int]:
+    """Median milliseconds of ``burst`` with the prompt kept per row and once, the order alternating,
+    whether the two gave the same tokens, and how many tokens the rows made."""
+    milliseconds, texts = {False: [], True: []}, {}
+    for round_index in range(rounds):
+        for shared in (round_index % 2 == 0, round_index % 2 != 0):
+            seconds, texts[shared] = burst(models, prompt, shared)
+            milliseconds[shared].append(seconds)
+    return (
+        statistics.median(milliseconds[False]),
+        statistics.median(milliseconds[True]),
+        texts[True] == texts[False],
+        sum(map(len, texts[True])),
+    )
+
+
 def main():
-    args = side_by_side_arguments(__doc__)
+    args = side_by_side_arguments(
+        __doc__,
+        lambda parser: parser.add_argument(
+            "--shared_prompts", default="", help="comma-separated prompt lengths for more bursts"
+        ),
+    )
     models = inference.load_models(args.model)
     model, tokenizer = models.lm, models.lm_tokenizer
     if not models.batcher.shared_prefix_min_tokens:
@@ -105,7 +131,8 @@ def main():
             "The batcher keeps no shared prompt once here (LLM_MEMORY_SHARED_PREFIX_MIN_TOKENS=0?)."
         )
     reviews = " ".join(load_movie_reviews()["test"]["text"][:20])
-    prompt = tokenizer(reviews, add_special_tokens=False, verbose=False)["input_ids"][:PROMPT_TOKENS]
+    prompt_ids = tokenizer(reviews, add_special_tokens=False, verbose=False)["input_ids"]
+    prompt = prompt_ids[:PROMPT_TOKENS]
     input_ids = torch.tensor([prompt] * ROWS)
 
     caches = {
@@ -114,8 +141,7 @@ def main():
     }
     step_ms = {name: [] for name in caches}
     pass_ms = {False: [], True: []}
-    burst_ms = {False: [], True: []}
-    tokens, logits, texts = {}, {}, {}
+    tokens, logits = {}, {}
     decode(model, input_ids, caches["reserved"]())  # warm-up
     for round_index in range(args.rounds):
         order = list(caches) if round_index % 2 == 0 else list(reversed(caches))
@@ -125,21 +151,19 @@ def main():
         for shared in (round_index % 2 == 0, round_index % 2 != 0):
             milliseconds, logits[shared] = first_pass(model, input_ids, shared)
             pass_ms[shared].append(milliseconds)
-        for shared in (round_index % 2 == 0, round_index % 2 != 0):
-            milliseconds, texts[shared] = burst(models, prompt, shared)
-            burst_ms[shared].append(milliseconds)
 
+    burst_per_row, burst_once, burst_same, burst_tokens = bursts(models, prompt, args.rounds)
     results = {
         "step_16_rows_dynamic_ms": statistics.median(step_ms["DynamicCache"]),
         "step_16_rows_reserved_ms": statistics.median(step_ms["reserved"]),
         "first_pass_16_rows_ms": statistics.median(pass_ms[False]),
         "first_pass_shared_ms": statistics.median(pass_ms[True]),
-        "burst_per_row_ms": statistics.median(burst_ms[False]),
-        "burst_shared_prefix_ms": statistics.median(burst_ms[True]),
+        "burst_per_row_ms": burst_per_row,
+        "burst_shared_prefix_ms": burst_once,
         "same_tokens": bool(torch.equal(tokens["DynamicCache"], tokens["reserved"])),
         "first_pass_max_logit_difference": float((logits[True] - logits[False]).abs().max()),
-        "burst_same_texts": texts[True] == texts[False],
-        "burst_new_tokens": sum(map(len, texts[True])),
+        "burst_same_texts": burst_same,
+        "burst_new_tokens": burst_tokens,
     }
     results["step_ratio"] = results["step_16_rows_reserved_ms"] / results["step_16_rows_dynamic_ms"]
     results["first_pass_ratio"] = results["first_pass_shared_ms"] / results["first_pass_16_rows_ms"]
@@ -167,6 +191,20 @@ def main():
         f"{results['first_pass_max_logit_difference']:.1e}; the burst's {results['burst_new_tokens']} "
         f"sampled tokens the same: {results['burst_same_texts']}"
     )
+    lengths = [int(length) for length in args.shared_prompts.split(",") if length]
+    if lengths:
+        print(
+            "\n| prompt tokens | per row (ms) | kept once (ms) | ratio | same tokens |\n|---|---|---|---|---|"
+        )
+    results["burst_by_prompt_tokens"] = {}
+    for length in lengths:
+        per_row, once, same, _ = bursts(models, prompt_ids[:length], args.rounds)
+        results["burst_by_prompt_tokens"][length] = {
+            "per_row_ms": per_row,
+            "once_ms": once,
+            "same_tokens": same,
+        }
+        print(f"| {length} | {per_row:.0f} | {once:.0f} | {once / per_row:.2f} | {same} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, **results}, indent=2))
 

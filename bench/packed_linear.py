@@ -48,13 +48,15 @@ def timed(work) -> float:
     return time.perf_counter() - start
 
 
-def side_by_side_arguments(doc: str) -> argparse.Namespace:
-    """The options of a side-by-side bench on one checkpoint (--model, --rounds, --json), with torch
-    on one thread as the app runs."""
+def side_by_side_arguments(doc: str, add_arguments=None) -> argparse.Namespace:
+    """The options of a side-by-side bench on one checkpoint (--model, --rounds, --json, and those
+    ``add_arguments(parser)`` adds), with torch on one thread as the app runs."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--model", default=str(ROOT / "checkpoints/memory-lm"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", help="Also write the results to this file.")
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     return args

@@ -114,9 +114,10 @@ GENERATION_WORKERS = int(
 # then read their prompt and tokens so far again, which costs little while they are short.
 REBATCH_MAX_TOKENS = int(os.environ.get("LLM_MEMORY_REBATCH_MAX_TOKENS", "64"))
 # Rows whose contexts begin with at least this many of the same tokens keep that part's keys and values
-# once (``shared_prefix``). Below it, the default model's rows read it faster each on their own: 16
-# sampled requests with one prompt of 4 to 40 tokens decoded in 1.02-1.06x the time with it kept once,
-# of 48 and 56 tokens in 0.94x and 0.95x, of 128 in 0.87-0.89x (bench/batch_decoding.py). 0 turns it off.
+# once (``shared_prefix``). Shorter, the default model's rows read it as fast each on their own: 16
+# sampled requests with one prompt of 8 or 16 tokens decoded in 1.03-1.06x the time with it kept once,
+# of 32 or 40 in 0.97-1.03x, of 48 to 64 in 0.93-0.97x, of 128 in 0.86-0.89x (two runs of
+# bench/batch_decoding.py --shared_prompts 8,16,32,40,48,64). 0 turns it off.
 SHARED_PREFIX_MIN_TOKENS = int(os.environ.get("LLM_MEMORY_SHARED_PREFIX_MIN_TOKENS", "48"))
 # A request that sees no token for this long fails instead of waiting forever.
 GENERATION_TIMEOUT_S = 300.0
