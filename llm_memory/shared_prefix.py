@@ -49,6 +49,7 @@ def shared_prefix_attention(
     prefix_keys, prefix_values = shared_prefix[module.layer_idx]  # (1, nh, P, hd)
     batch, heads, length, head_dim = query.shape
     scaling = head_dim**-0.5 if scaling is None else scaling
+    query = query * scaling  # before the mask, which is added to scaled scores
     queries = query.transpose(0, 1).reshape(heads, batch * length, head_dim)  # (nh, B*T, hd)
     prefix_scores = torch.bmm(queries, prefix_keys[0].transpose(1, 2))  # (nh, B*T, P)
     prefix_scores = prefix_scores.view(heads, batch, length, -1).transpose(0, 1)  # (B, nh, T, P)
@@ -63,7 +64,7 @@ def shared_prefix_attention(
             own_scores = own_scores.masked_fill(~attention_mask, -torch.inf)
         else:
             own_scores = own_scores + attention_mask
-    scores = torch.cat((prefix_scores, own_scores), dim=-1) * scaling
+    scores = torch.cat((prefix_scores, own_scores), dim=-1)
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     shared = prefix_keys.shape[2]

@@ -387,6 +387,19 @@ def test_shared_prefix_attention_is_sdpa_over_the_whole_context(models, new_toke
     )
     assert weights is None
     torch.testing.assert_close(got, expected.transpose(1, 2), rtol=0, atol=1e-6)
+    # A float mask is added to the scaled scores, as SDPA adds it.
+    bias = torch.randn(rows, 1, new_tokens, own)
+    got, _ = shared_prefix.shared_prefix_attention(
+        layer, query, key, value, bias, scaling=0.3, shared_prefix={0: (prefix_keys, prefix_values)}
+    )
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        torch.cat([prefix_keys.expand(rows, -1, -1, -1), key], dim=2),
+        torch.cat([prefix_values.expand(rows, -1, -1, -1), value], dim=2),
+        attn_mask=torch.cat([torch.zeros(rows, 1, new_tokens, shared), bias], dim=-1),
+        scale=0.3,
+    )
+    torch.testing.assert_close(got, expected.transpose(1, 2), rtol=0, atol=1e-6)
     # Without a mask, the own tokens are causal among themselves, as SDPA's is_causal.
     causal = torch.ones(new_tokens, own, dtype=torch.bool).tril(own - new_tokens)
     got, _ = shared_prefix.shared_prefix_attention(
