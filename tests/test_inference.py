@@ -371,48 +371,32 @@ def test_shared_prefix_attention_is_sdpa_over_the_whole_context(models, new_toke
         torch.randn(1, heads, shared, head_dim),
         torch.randn(1, heads, shared, head_dim),
     )
+    layer = models.lm.model.layers[0].attn
+
+    def check(own_mask, whole_mask):
+        """Our attention with ``own_mask`` over the own tokens against SDPA with ``whole_mask`` over all."""
+        got, weights = shared_prefix.shared_prefix_attention(
+            layer, query, key, value, own_mask, scaling=0.3, shared_prefix={0: (prefix_keys, prefix_values)}
+        )
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            query,
+            torch.cat([prefix_keys.expand(rows, -1, -1, -1), key], dim=2),
+            torch.cat([prefix_values.expand(rows, -1, -1, -1), value], dim=2),
+            attn_mask=whole_mask,
+            scale=0.3,
+        )
+        assert weights is None
+        torch.testing.assert_close(got, expected.transpose(1, 2), rtol=0, atol=1e-6)
+
     visible = torch.ones(rows, 1, new_tokens, own, dtype=torch.bool).tril(own - new_tokens)
     visible[0, :, :, :2] = False
-    layer = models.lm.model.layers[0].attn
-    got, weights = shared_prefix.shared_prefix_attention(
-        layer, query, key, value, visible, scaling=0.3, shared_prefix={0: (prefix_keys, prefix_values)}
-    )
-    whole_visible = torch.cat([torch.ones(rows, 1, new_tokens, shared, dtype=torch.bool), visible], dim=-1)
-    expected = torch.nn.functional.scaled_dot_product_attention(
-        query,
-        torch.cat([prefix_keys.expand(rows, -1, -1, -1), key], dim=2),
-        torch.cat([prefix_values.expand(rows, -1, -1, -1), value], dim=2),
-        attn_mask=whole_visible,
-        scale=0.3,
-    )
-    assert weights is None
-    torch.testing.assert_close(got, expected.transpose(1, 2), rtol=0, atol=1e-6)
+    check(visible, torch.cat([torch.ones(rows, 1, new_tokens, shared, dtype=torch.bool), visible], dim=-1))
     # A float mask is added to the scaled scores, as SDPA adds it.
     bias = torch.randn(rows, 1, new_tokens, own)
-    got, _ = shared_prefix.shared_prefix_attention(
-        layer, query, key, value, bias, scaling=0.3, shared_prefix={0: (prefix_keys, prefix_values)}
-    )
-    expected = torch.nn.functional.scaled_dot_product_attention(
-        query,
-        torch.cat([prefix_keys.expand(rows, -1, -1, -1), key], dim=2),
-        torch.cat([prefix_values.expand(rows, -1, -1, -1), value], dim=2),
-        attn_mask=torch.cat([torch.zeros(rows, 1, new_tokens, shared), bias], dim=-1),
-        scale=0.3,
-    )
-    torch.testing.assert_close(got, expected.transpose(1, 2), rtol=0, atol=1e-6)
+    check(bias, torch.cat([torch.zeros(rows, 1, new_tokens, shared), bias], dim=-1))
     # Without a mask, the own tokens are causal among themselves, as SDPA's is_causal.
     causal = torch.ones(new_tokens, own, dtype=torch.bool).tril(own - new_tokens)
-    got, _ = shared_prefix.shared_prefix_attention(
-        layer, query, key, value, None, scaling=0.3, shared_prefix={0: (prefix_keys, prefix_values)}
-    )
-    expected = torch.nn.functional.scaled_dot_product_attention(
-        query,
-        torch.cat([prefix_keys.expand(rows, -1, -1, -1), key], dim=2),
-        torch.cat([prefix_values.expand(rows, -1, -1, -1), value], dim=2),
-        attn_mask=torch.cat([torch.ones(new_tokens, shared, dtype=torch.bool), causal], dim=-1),
-        scale=0.3,
-    )
-    torch.testing.assert_close(got, expected.transpose(1, 2), rtol=0, atol=1e-6)
+    check(None, torch.cat([torch.ones(new_tokens, shared, dtype=torch.bool), causal], dim=-1))
 
 
 def test_the_batchers_model_attends_with_sdpa_where_no_prefix_is_shared(models):
