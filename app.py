@@ -269,6 +269,14 @@ def generate_tab(models: Models) -> None:
         inputs=[prompt, *settings],
         outputs=[output, speed],
         api_name="generate",
+        # The inputs reach generate() as sent and its outputs go out as returned: the task checks every
+        # input itself, and a Textbox, Radio, Slider or Number does no more than pass a value through.
+        # Gradio would otherwise run each input's preprocess and each streamed output's postprocess on a
+        # worker thread, one hop each: 9 per request and 2 per update. In a burst of 16 requests those
+        # hops, waiting on one interpreter lock, held the requests back for ~35 ms before the model
+        # saw them (bench/app_speed.py).
+        preprocess=False,
+        postprocess=False,
     )
     stop.click(None, cancels=[event])
 

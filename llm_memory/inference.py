@@ -160,7 +160,8 @@ def clean_text(text, what: str = "text") -> str:
 
 def count_removed_characters(text: str) -> int:
     """How many characters ``clean_text`` drops, so that a UI can say so."""
-    return len(text.replace("\r\n", "\n")) - len(clean_text(text))
+    cleaned = clean_text(text)  # first: it refuses what is not a string
+    return len(text.replace("\r\n", "\n")) - len(cleaned)
 
 
 def check_number(name: str, value, low=None, high=None) -> int | float:
