@@ -32,17 +32,30 @@ START_TIMEOUT_S = 300.0
 
 
 class _Outbox:
-    """The child's row events, sent by one thread: all that gathered since its last send, in one message."""
+    """The child's row events, sent by one thread: all that gathered since its last send, in one message.
+
+    A decoding step's tokens are put without waking the sender and go together once the step is done
+    (``flush``): woken for each of 16 rows, the sender took the interpreter lock from the decoding
+    thread up to 16 times a step, one small message each.
+    """
 
     def __init__(self, connection):
         self._events: list[tuple] = []
         self._pending = threading.Condition()
         threading.Thread(target=self._send_forever, args=(connection,), daemon=True).start()
 
-    def put(self, event: tuple):
+    def put(self, event: tuple, send: bool = True):
+        """Adds an event; ``send=False`` leaves it for the next ``flush`` (or the next event sent)."""
         with self._pending:
             self._events.append(event)
-            self._pending.notify()
+            if send:
+                self._pending.notify()
+
+    def flush(self):
+        """Sends the events put so far."""
+        with self._pending:
+            if self._events:
+                self._pending.notify()
 
     def _send_forever(self, connection):
         while True:
@@ -62,13 +75,24 @@ class _ReportingRow(_Row):
 
     def add(self, token: int):
         super().add(token)
-        self.outbox.put((self.row_id, TOKEN, token))
+        self.outbox.put((self.row_id, TOKEN, token), send=False)  # sent when the step is done
 
     def finish(self):
         if not self.finished:
             super().finish()
             failed = self.error is not None
             self.outbox.put((self.row_id, FAILED if failed else END, str(self.error) if failed else None))
+
+
+class _ReportingBatcher(GenerationBatcher):
+    """The child's batcher: a decoding step's tokens go to the parent together, once the step is done."""
+
+    def __init__(self, model, tokenizer, outbox: _Outbox):
+        super().__init__(model, tokenizer)
+        self.outbox = outbox
+
+    def step_done(self):
+        self.outbox.flush()
 
 
 def _serve(connection, model_path: str, torch_threads: int):
@@ -79,9 +103,9 @@ def _serve(connection, model_path: str, torch_threads: int):
     except Exception as err:  # the parent must hear why, or it would wait for tokens that never come
         connection.send(("failed", f"{type(err).__name__}: {err}"))
         return
-    batcher = GenerationBatcher(model, tokenizer)
+    outbox = _Outbox(connection)  # sends nothing until a row has news
+    batcher = _ReportingBatcher(model, tokenizer, outbox)
     connection.send(("ready",))
-    outbox = _Outbox(connection)
     rows = weakref.WeakValueDictionary()  # the rows still decoding or waiting, for cancels
     while True:
         try:

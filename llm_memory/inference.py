@@ -774,6 +774,7 @@ class GenerationBatcher:
                         row.finish()
                     else:
                         going.append(i)
+                self.step_done()
                 if not going or batch.rebatch.is_set():
                     return
                 step_ids = tokens[:, None]
@@ -789,6 +790,10 @@ class GenerationBatcher:
                     # Keys and values of every layer, and the LSTM state; shared ones stay as they are.
                     cache.reorder_cache(index)
                     sampler.select(index)
+
+    def step_done(self):
+        """Called after each decoding step, once its tokens are in their rows: a subclass that passes
+        the tokens on sends a step's tokens together (``decoder_process``)."""
 
     def _shared_length(self, contexts: list[list[int]]) -> int:
         """How many first tokens the rows' contexts share, to be read once: at most all but each

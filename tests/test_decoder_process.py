@@ -3,6 +3,7 @@ texts alone and at once, streams and cancels; a child that dies fails its reques
 and the next request is served; a model the child cannot load stops startup with a clear error."""
 
 import os
+import queue
 import signal
 import threading
 
@@ -10,7 +11,7 @@ import pytest
 from test_inference import one_torch_thread, save_tiny_checkpoints  # noqa: F401  (an autouse fixture)
 
 from llm_memory import inference
-from llm_memory.decoder_process import DecoderProcess
+from llm_memory.decoder_process import END, TOKEN, DecoderProcess, _Outbox, _ReportingBatcher, _ReportingRow
 from llm_memory.inference import ModelLoadError
 
 CASES = [
@@ -78,6 +79,52 @@ def test_the_stream_grows_token_by_token_to_the_whole_text(local, remote):
     assert len(updates) >= 2 and not any(update.done for update in updates[:-1])
     for before, after in zip(updates, updates[1:], strict=False):
         assert after.text.startswith(before.text) and after.num_tokens >= before.num_tokens
+
+
+class SentMessages:
+    """The sending end of a pipe, for an outbox: what it sends goes to a queue."""
+
+    def __init__(self):
+        self.messages = queue.Queue()
+
+    def send(self, message):
+        self.messages.put(message)
+
+
+def test_a_steps_tokens_wait_for_the_step_to_end_and_go_in_one_message():
+    connection = SentMessages()
+    outbox = _Outbox(connection)
+    settings = inference.GenerationSettings()
+    rows = [_ReportingRow(row_id, outbox, [5, 6], settings) for row_id in range(3)]
+    for row, token in zip(rows, (7, 8, 9), strict=True):
+        row.add(token)
+    with pytest.raises(queue.Empty):  # put without waking the sender
+        connection.messages.get(timeout=0.2)
+    outbox.flush()
+    assert connection.messages.get(timeout=10) == ("rows", [(0, TOKEN, 7), (1, TOKEN, 8), (2, TOKEN, 9)])
+    rows[0].add(10)
+    rows[0].finish()  # an end goes at once, with the tokens before it
+    assert connection.messages.get(timeout=10) == ("rows", [(0, TOKEN, 10), (0, END, None)])
+
+
+def test_the_childs_batcher_flushes_after_every_step(local):
+    flushes = []
+
+    class CountingOutbox(_Outbox):
+        def flush(self):
+            flushes.append(len(row.tokens))
+            super().flush()
+
+    connection = SentMessages()
+    batcher = _ReportingBatcher(local.lm, local.lm_tokenizer, CountingOutbox(connection))
+    ids, settings = longest_request(local)
+    row = batcher.submit_row(_ReportingRow(0, batcher.outbox, ids, settings))
+    assert row.done.wait(60) and row.error is None
+    assert flushes == list(range(1, settings.max_new_tokens + 1))  # one per step, after its token
+    events = []
+    while not events or events[-1][1] != END:
+        events += connection.messages.get(timeout=10)[1]
+    assert [value for _, kind, value in events if kind == TOKEN] == row.tokens
 
 
 def test_a_cancel_ends_the_row_in_the_child(remote):
