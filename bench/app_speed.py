@@ -29,7 +29,8 @@ The server here is plain HTTP on the loopback, where there is no certificate to 
 run with ``ssl_verify=False``.
 
 Targets: ready <= 15 s, first token <= 0.5 s, attention <= 2 s, 16 at once <= 3x one. Medians over
-``--repeats`` runs after a warm-up; the table says which targets are met.
+``--repeats`` rounds after a warm-up; each round times the one and then the 16 right after, and a
+ratio is the median of the rounds' ratios (``paired``). The table says which targets are met.
 """
 
 import argparse
@@ -229,19 +230,26 @@ def rest_seconds(url: str, prompt: str, seeds: Sequence[int]) -> float:
 
 def rest_timings(url: str, name: str, prompt: str, repeats: int) -> dict[str, float]:
     """Through the REST API: one request (the mean of seeds 0-15 sent one at a time) and the 16 at
-    once, with the client's CPU-seconds for them; one request with seed 0 and 16 copies of it."""
+    once, with the client's CPU-seconds for them; one request with seed 0 and 16 copies of it. Each
+    pair is timed round by round (``paired``)."""
     timings = {}
-    timings[f"rest_one_{name}_s"] = median(
-        lambda: one_at_a_time_seconds(lambda seed: rest_seconds(url, prompt, [seed])), repeats
-    )
     cpu = []
-    timings[f"rest_sixteen_{name}_s"] = median(
-        with_cpu(lambda: rest_seconds(url, prompt, range(NUM_CLIENTS)), cpu), repeats
+    (
+        timings[f"rest_one_{name}_s"],
+        timings[f"rest_sixteen_{name}_s"],
+        timings[f"rest_ratio_{name}"],
+    ) = paired(
+        lambda: one_at_a_time_seconds(lambda seed: rest_seconds(url, prompt, [seed])),
+        with_cpu(lambda: rest_seconds(url, prompt, range(NUM_CLIENTS)), cpu),
+        repeats,
     )
     timings[f"rest_sixteen_{name}_client_cpu_s"] = statistics.median(cpu[1:])
-    timings[f"rest_one_seed0_{name}_s"] = median(lambda: rest_seconds(url, prompt, [0]), repeats)
-    timings[f"rest_sixteen_same_{name}_s"] = median(
-        lambda: rest_seconds(url, prompt, [0] * NUM_CLIENTS), repeats
+    (
+        timings[f"rest_one_seed0_{name}_s"],
+        timings[f"rest_sixteen_same_{name}_s"],
+        timings[f"rest_same_ratio_{name}"],
+    ) = paired(
+        lambda: rest_seconds(url, prompt, [0]), lambda: rest_seconds(url, prompt, [0] * NUM_CLIENTS), repeats
     )
     return timings
 
@@ -253,17 +261,18 @@ def bench_clients(url: str) -> list[Client]:
 
 
 def one_and_sixteen_seconds(clients: list[Client], text: str, repeats: int, cpu: list | None = None):
-    """The time of one ``/generate`` (the mean of the burst's requests sent one at a time) and of the
-    16 sent at once, medians over ``repeats``; ``cpu`` collects the clients' CPU-seconds per burst."""
-    one = median(
-        lambda: one_at_a_time_seconds(lambda seed: generate_seconds(clients[0], text, seed)), repeats
-    )
+    """The time of one ``/generate`` (the mean of the burst's requests sent one at a time), of the 16
+    sent at once, and their ratio, round by round (``paired``); ``cpu`` collects the clients'
+    CPU-seconds per burst."""
 
     def burst() -> float:
         return concurrent_seconds(clients, text)
 
-    sixteen = median(burst if cpu is None else with_cpu(burst, cpu), repeats)
-    return one, sixteen
+    return paired(
+        lambda: one_at_a_time_seconds(lambda seed: generate_seconds(clients[0], text, seed)),
+        burst if cpu is None else with_cpu(burst, cpu),
+        repeats,
+    )
 
 
 def decoding_in_the_server_seconds(args, repeats: int) -> dict[str, float]:
@@ -272,13 +281,17 @@ def decoding_in_the_server_seconds(args, repeats: int) -> dict[str, float]:
     port = free_port()
     process, _ = start_app(args, port, LLM_MEMORY_DECODER_PROCESS="0")
     try:
-        one, sixteen = one_and_sixteen_seconds(
+        one, sixteen, ratio = one_and_sixteen_seconds(
             bench_clients(f"http://127.0.0.1:{port}/"), SHORT_PROMPT, repeats
         )
     finally:
         process.terminate()
         process.wait(timeout=30)
-    return {"server_decoding_one_short_s": one, "server_decoding_sixteen_short_s": sixteen}
+    return {
+        "server_decoding_one_short_s": one,
+        "server_decoding_sixteen_short_s": sixteen,
+        "server_decoding_ratio_short": ratio,
+    }
 
 
 def generate_in_process(models, prompt: str, seed: int) -> tuple[float, str]:
@@ -317,11 +330,14 @@ def in_process_seconds(args, prompt: str, repeats: int) -> dict[str, float]:
     models = inference.load_models(args.model)
     timings = {}
     for name, text in (("short", SHORT_PROMPT), ("long", prompt)):
-        timings[f"direct_one_{name}_s"] = median(
-            lambda text=text: one_at_a_time_in_process(models, text)[0], repeats
-        )
-        timings[f"direct_sixteen_{name}_s"] = median(
-            lambda text=text: all_at_once_in_process(models, text)[0], repeats
+        (
+            timings[f"direct_one_{name}_s"],
+            timings[f"direct_sixteen_{name}_s"],
+            timings[f"direct_ratio_{name}"],
+        ) = paired(
+            lambda text=text: one_at_a_time_in_process(models, text)[0],
+            lambda text=text: all_at_once_in_process(models, text)[0],
+            repeats,
         )
     return timings
 
@@ -329,6 +345,21 @@ def in_process_seconds(args, prompt: str, repeats: int) -> dict[str, float]:
 def median(function, repeats: int) -> float:
     function()  # warm-up
     return statistics.median(function() for _ in range(repeats))
+
+
+def paired(one, sixteen, repeats: int) -> tuple[float, float, float]:
+    """Medians of ``one()`` and ``sixteen()`` over ``repeats`` rounds after a warm-up of each, and the
+    median of the rounds' ratios sixteen / one. Each round times the one, then the 16 right after it,
+    so that the ratio compares times taken under the same load of this shared machine, which drifts
+    between minutes (a request's time moved by up to 25% between phases of one run)."""
+    one()
+    sixteen()
+    ones, sixteens = [], []
+    for _ in range(repeats):
+        ones.append(one())
+        sixteens.append(sixteen())
+    ratios = [many / single for single, many in zip(ones, sixteens, strict=True)]
+    return statistics.median(ones), statistics.median(sixteens), statistics.median(ratios)
 
 
 def main():
@@ -368,9 +399,11 @@ def main():
         timings = {}
         for name, text in (("short", SHORT_PROMPT), ("long", prompt)):
             cpu = []
-            timings[f"one_generate_{name}_s"], timings[f"sixteen_generate_{name}_s"] = (
-                one_and_sixteen_seconds(clients, text, args.repeats, cpu)
-            )
+            (
+                timings[f"one_generate_{name}_s"],
+                timings[f"sixteen_generate_{name}_s"],
+                timings[f"concurrency_ratio_{name}"],
+            ) = one_and_sixteen_seconds(clients, text, args.repeats, cpu)
             timings[f"sixteen_generate_{name}_client_cpu_s"] = statistics.median(cpu[1:])
         for name, text in (("short", SHORT_PROMPT), ("long", prompt)):
             timings.update(rest_timings(url, name, text, args.repeats))
@@ -381,20 +414,6 @@ def main():
     timings.update(in_process_seconds(args, prompt, args.repeats))
 
     results = {"ready_s": ready, "first_token_s": first_token, "attention_256_s": attention, **timings}
-    for name in ("short", "long"):
-        results[f"rest_ratio_{name}"] = timings[f"rest_sixteen_{name}_s"] / timings[f"rest_one_{name}_s"]
-        results[f"rest_same_ratio_{name}"] = (
-            timings[f"rest_sixteen_same_{name}_s"] / timings[f"rest_one_seed0_{name}_s"]
-        )
-        results[f"concurrency_ratio_{name}"] = (
-            timings[f"sixteen_generate_{name}_s"] / timings[f"one_generate_{name}_s"]
-        )
-        results[f"direct_ratio_{name}"] = (
-            timings[f"direct_sixteen_{name}_s"] / timings[f"direct_one_{name}_s"]
-        )
-    results["server_decoding_ratio_short"] = (
-        timings["server_decoding_sixteen_short_s"] / timings["server_decoding_one_short_s"]
-    )
     results["decoder_process_gain_short"] = (
         timings["sixteen_generate_short_s"] / timings["server_decoding_sixteen_short_s"]
     )
@@ -439,7 +458,10 @@ def main():
             (f"  {NUM_CLIENTS} at once, REST API, all seed 0", f"rest_sixteen_same_{name}_s", "s"),
             (f"  {NUM_CLIENTS} at once / one, all seed 0", f"rest_same_ratio_{name}", "x"),
         ]
-    print(f"model: {args.model}  ·  {os.cpu_count()} CPUs  ·  medians of {args.repeats} after a warm-up\n")
+    print(
+        f"model: {args.model}  ·  {os.cpu_count()} CPUs  ·  medians of {args.repeats} after a warm-up; "
+        "a ratio is the median of its rounds' ratios\n"
+    )
     width = max(len(label) for label, _, _ in rows)
     print(f"| {'measure':<{width}} | {'value':>8} | {'target':>8} | met |")
     print(f"|{'-' * (width + 2)}|{'-' * 10}|{'-' * 10}|-----|")
