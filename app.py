@@ -272,9 +272,9 @@ def generate_tab(models: Models) -> None:
         # The inputs reach generate() as sent and its outputs go out as returned: the task checks every
         # input itself, and a Textbox, Radio, Slider or Number does no more than pass a value through.
         # Gradio would otherwise run each input's preprocess and each streamed output's postprocess on a
-        # worker thread, one hop each: 9 per request and 2 per update. In a burst of 16 requests those
-        # hops, waiting on one interpreter lock, held the requests back for ~35 ms before the model
-        # saw them (bench/app_speed.py).
+        # worker thread, one hop each: 9 per request and 2 per update. Traced, in a burst of 16 requests
+        # those hops, waiting on one interpreter lock, held the requests back ~35 ms before the model
+        # saw them (bench/app_speed.py times such bursts).
         preprocess=False,
         postprocess=False,
     )

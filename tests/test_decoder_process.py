@@ -118,7 +118,8 @@ def test_the_childs_batcher_flushes_after_every_step(local):
     connection = SentMessages()
     batcher = _ReportingBatcher(local.lm, local.lm_tokenizer, CountingOutbox(connection))
     ids, settings = longest_request(local)
-    row = batcher.submit_row(_ReportingRow(0, batcher.outbox, ids, settings))
+    row = _ReportingRow(0, batcher.outbox, ids, settings)  # before the batcher can flush
+    batcher.submit_row(row)
     assert row.done.wait(60) and row.error is None
     assert flushes == list(range(1, settings.max_new_tokens + 1))  # one per step, after its token
     events = []
