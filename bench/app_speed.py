@@ -15,9 +15,10 @@
   smaller still (the table gives the CPU-seconds the clients spend per burst), and once more as 16 copies
   of one request (all seed 0, the tab's default) over that request alone. Each REST request comes
   with its user's session, as a browser's or a ``gradio_client`` one does (sessions persist between
-  repeats, so only the warm-up sets them up). The 16 requests share their prompt, which the batcher reads once for all of them; the 200-token prompt's
-  keys and values it also keeps once (``llm_memory/shared_prefix.py``; ``bench/batch_decoding.py``
-  measures that against keeping them per row).
+  repeats, so only the warm-up sets them up). The 16 requests share their prompt, which the batcher
+  reads once for all of them; the 200-token prompt's keys and values it also keeps once
+  (``llm_memory/shared_prefix.py``; ``bench/batch_decoding.py`` measures that against keeping them
+  per row).
 - decoder process: the app decodes in a child process (``llm_memory/decoder_process.py``); a second
   app started with ``LLM_MEMORY_DECODER_PROCESS=0`` decodes in the server's own process, and the same
   one and 16 ``gradio_client`` requests (short prompt) on it are the baseline, in the same run.
