@@ -1,19 +1,22 @@
 """Speed of the demo as a user sees it, on this machine: the app runs in its own process and is timed over HTTP.
 
-    python bench/app_speed.py [--model PATH] [--classifier PATH] [--repeats 5] [--json PATH]
+    python bench/app_speed.py [--model PATH] [--classifier PATH] [--repeats 5] [--new_tokens N] [--json PATH]
 
 - ready: seconds from ``python app.py`` to the first HTTP 200 of the page (imports and model loading);
 - first token: seconds from submitting a 200-token prompt to ``/generate`` to the first streamed text;
 - attention: seconds for ``/attention`` on a text of 256 tokens or more (cut to the model's window), the
   plotly figures included;
-- concurrency: seconds for 16 clients' ``/generate`` requests (``--new_tokens``, default 128 as in
-  ``model_speed.py``; seeds 0-15) sent at once, over the time of one: the mean seconds of the same 16
-  requests sent one at a time. Sampled texts end at different lengths (an end-of-text token), so the
-  time of one is that of the average request, not of one seed that happens to end early or late. With
-  a short prompt and with the 200-token one. The clients are ``gradio_client`` ones; each prompt is
-  also sent through Gradio's REST API from one asyncio client, whose own work on this shared CPU is
-  smaller still (the table gives the CPU-seconds the clients spend per burst), and once more as 16 copies
-  of one request (all seed 0, the tab's default) over that request alone. Each REST request comes
+- concurrency: seconds for 16 clients' ``/generate`` requests (seeds 0-15) sent at once, over the time
+  of one: the mean seconds of the same 16 requests sent one at a time. A request asks for as many new
+  tokens as the Generate tab does unless told (``inference.DEFAULT_MAX_NEW_TOKENS``, 64);
+  ``--new_tokens 128`` asks for twice as many, which the README also reports. Sampled texts end at
+  different lengths (an end-of-text token), so the time of one is that of the average request, not of
+  one seed that happens to end early or late. With a short prompt and with the 200-token one (cut to
+  leave room in the 256-token window for the new tokens: to 192 tokens, or 128 with ``--new_tokens
+  128``). The clients are ``gradio_client`` ones; each prompt is also sent through Gradio's REST API
+  from one asyncio client, whose own work on this shared CPU is smaller still (the table gives the
+  CPU-seconds the clients spend per burst), and once more as 16 copies of one request (all seed 0, the
+  tab's default) over that request alone. Each REST request comes
   with its user's session, as a browser's or a ``gradio_client`` one does (sessions persist between
   repeats, so only the warm-up sets them up). The 16 requests share their prompt, which the batcher
   reads once for all of them; the 200-token prompt's keys and values it also keeps once
@@ -75,7 +78,7 @@ TARGETS = {
 SHORT_PROMPT = "The movie was"
 PROMPT_TOKENS = 200
 ATTENTION_TOKENS = 256
-NEW_TOKENS = 128  # --new_tokens
+NEW_TOKENS = inference.DEFAULT_MAX_NEW_TOKENS  # per /generate request, as the tab sends (--new_tokens)
 NUM_CLIENTS = 16
 
 
@@ -295,26 +298,26 @@ def decoding_in_the_server_seconds(args, repeats: int) -> dict[str, float]:
     }
 
 
-def generate_in_process(models, prompt: str, seed: int) -> tuple[float, str]:
+def generate_in_process(models, prompt: str, seed: int, new_tokens: int) -> tuple[float, str]:
     """Seconds and text of one ``/generate`` request (seed ``seed``) called directly, without HTTP."""
     start = time.perf_counter()
-    text = inference.generate(models, prompt, max_new_tokens=NEW_TOKENS, seed=seed).text
+    text = inference.generate(models, prompt, max_new_tokens=new_tokens, seed=seed).text
     return time.perf_counter() - start, text
 
 
-def one_at_a_time_in_process(models, prompt: str) -> tuple[float, list[str]]:
+def one_at_a_time_in_process(models, prompt: str, new_tokens: int) -> tuple[float, list[str]]:
     """The burst's requests (seeds 0-15) called one after another: their mean seconds, and their texts."""
-    runs = [generate_in_process(models, prompt, seed) for seed in range(NUM_CLIENTS)]
+    runs = [generate_in_process(models, prompt, seed, new_tokens) for seed in range(NUM_CLIENTS)]
     return statistics.mean(seconds for seconds, _ in runs), [text for _, text in runs]
 
 
-def all_at_once_in_process(models, prompt: str) -> tuple[float, list[str]]:
+def all_at_once_in_process(models, prompt: str, new_tokens: int) -> tuple[float, list[str]]:
     """The burst's requests called at once, each on its own thread as Gradio's workers call them:
     seconds until all are done, and their texts."""
     texts = [""] * NUM_CLIENTS
 
     def run(seed: int):
-        texts[seed] = generate_in_process(models, prompt, seed)[1]
+        texts[seed] = generate_in_process(models, prompt, seed, new_tokens)[1]
 
     threads = [threading.Thread(target=run, args=(seed,)) for seed in range(NUM_CLIENTS)]
     start = time.perf_counter()
@@ -336,8 +339,8 @@ def in_process_seconds(args, prompt: str, repeats: int) -> dict[str, float]:
             timings[f"direct_sixteen_{name}_s"],
             timings[f"direct_ratio_{name}"],
         ) = paired(
-            lambda text=text: one_at_a_time_in_process(models, text)[0],
-            lambda text=text: all_at_once_in_process(models, text)[0],
+            lambda text=text: one_at_a_time_in_process(models, text, NEW_TOKENS)[0],
+            lambda text=text: all_at_once_in_process(models, text, NEW_TOKENS)[0],
             repeats,
         )
     return timings
@@ -373,7 +376,12 @@ def main():
         "--classifier", default=os.environ.get("LLM_MEMORY_CLASSIFIER", str(ROOT / "checkpoints/sentiment"))
     )
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--new_tokens", type=int, default=NEW_TOKENS, help="new tokens per /generate request")
+    parser.add_argument(
+        "--new_tokens",
+        type=int,
+        default=NEW_TOKENS,
+        help="new tokens per /generate request (the tab's default)",
+    )
     parser.add_argument("--json", help="Also write the results to this file.")
     args = parser.parse_args()
     NEW_TOKENS = args.new_tokens
@@ -460,7 +468,8 @@ def main():
             (f"  {NUM_CLIENTS} at once / one, all seed 0", f"rest_same_ratio_{name}", "x"),
         ]
     print(
-        f"model: {args.model}  ·  {os.cpu_count()} CPUs  ·  medians of {args.repeats} after a warm-up; "
+        f"model: {args.model}  ·  {NEW_TOKENS} new tokens per request  ·  {os.cpu_count()} CPUs  ·  "
+        f"medians of {args.repeats} after a warm-up; "
         "a ratio is the median of its rounds' ratios\n"
     )
     width = max(len(label) for label, _, _ in rows)
@@ -472,7 +481,9 @@ def main():
         target_text = "" if target is None else f"<= {target:g}{unit}"
         print(f"| {label:<{width}} | {results[key]:>7.2f}{unit} | {target_text:>8} | {met:^3} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, **results}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"model": args.model, "new_tokens": NEW_TOKENS, **results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ from llm_memory.packed_linear import PackedLinear  # noqa: E402
 sys.path.insert(0, str(ROOT / "bench"))
 from app_speed import SHORT_PROMPT, all_at_once_in_process, one_at_a_time_in_process  # noqa: E402
 
+NEW_TOKENS = 128  # per request
+
 
 def timed(work) -> float:
     start = time.perf_counter()
@@ -93,8 +95,8 @@ def main():
             return (time.perf_counter() - start) / steps
 
     measures = {
-        "one_request_s": lambda models: one_at_a_time_in_process(models, SHORT_PROMPT)[0],
-        "sixteen_at_once_s": lambda models: all_at_once_in_process(models, SHORT_PROMPT)[0],
+        "one_request_s": lambda models: one_at_a_time_in_process(models, SHORT_PROMPT, NEW_TOKENS)[0],
+        "sixteen_at_once_s": lambda models: all_at_once_in_process(models, SHORT_PROMPT, NEW_TOKENS)[0],
         "prompt_pass_16x200_s": lambda models: timed(lambda: prompt_pass(models)),
         "attention_256_s": lambda models: timed(lambda: inference.attention(models, window_text)),
         "decode_step_1_row_s": lambda models: decode_step(models, 1),
@@ -110,8 +112,11 @@ def main():
             for name in order:
                 seconds[name][key].append(measure(contenders[name]))
 
-    texts = {name: one_at_a_time_in_process(models, SHORT_PROMPT)[1] for name, models in contenders.items()}
-    batched_texts = all_at_once_in_process(packed, SHORT_PROMPT)[1]
+    texts = {
+        name: one_at_a_time_in_process(models, SHORT_PROMPT, NEW_TOKENS)[1]
+        for name, models in contenders.items()
+    }
+    batched_texts = all_at_once_in_process(packed, SHORT_PROMPT, NEW_TOKENS)[1]
     window_ids = torch.tensor([ids[:256]])
     with torch.no_grad():
         logit_difference = (packed.lm(window_ids).logits - plain_lm(window_ids).logits).abs().max().item()
