@@ -16,9 +16,9 @@
   128``). The clients are ``gradio_client`` ones; each prompt is also sent through Gradio's REST API
   from one asyncio client, whose own work on this shared CPU is smaller still (the table gives the
   CPU-seconds the clients spend per burst), and once more as 16 copies of one request (all seed 0, the
-  tab's default) over that request alone. Each REST request comes
-  with its user's session, as a browser's or a ``gradio_client`` one does (sessions persist between
-  repeats, so only the warm-up sets them up). The 16 requests share their prompt, which the batcher
+  tab's default) over that request alone. Each REST request comes with its user's session, as a
+  browser's or a ``gradio_client`` one does (sessions persist between repeats, so only the warm-up sets
+  them up). The 16 requests share their prompt, which the batcher
   reads once for all of them; the 200-token prompt's keys and values it also keeps once
   (``llm_memory/shared_prefix.py``; ``bench/batch_decoding.py`` measures that against keeping them
   per row).
