@@ -800,12 +800,8 @@ class GenerationBatcher:
         row's last token (whose logits the rows need), and 0 for one row or too few tokens."""
         if len(contexts) < 2 or not self.shared_prefix_min_tokens:
             return 0
-        shared = 0
-        for column in zip(*contexts, strict=False):  # up to the shortest
-            if any(token != column[0] for token in column):
-                break
-            shared += 1
-        shared = min(shared, min(map(len, contexts)) - 1)
+        # commonprefix compares any sequences item by item, token lists as well as paths.
+        shared = min(len(os.path.commonprefix(contexts)), min(map(len, contexts)) - 1)
         return shared if shared >= self.shared_prefix_min_tokens else 0
 
     def _read_shared(self, prefix_ids: list[int], rows: int, positions: int):
