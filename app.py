@@ -141,22 +141,28 @@ def speed_text(update: inference.GenerationUpdate) -> str:
     text = (
         f"{update.num_tokens} tokens in {update.seconds:.2f} s · **{update.tokens_per_second:.1f} tokens/s**"
     )
+    if update.seed is not None:
+        text += f" · seed {update.seed} (enter it to get this text again)"
     if update.dropped_prompt_tokens:
         text += f" · the first {update.dropped_prompt_tokens} prompt tokens were dropped to fit the window"
     return text + (" · done" if update.done else "")
 
 
+DEFAULTS = inference.GENERATION_DEFAULTS
+
+
 def generate(
     models: Models,
     prompt: str,
-    strategy: str = "sample",
+    strategy: str = DEFAULTS.strategy,
     max_new_tokens: int | None = None,
-    temperature: float = 0.8,
-    top_k: int = 50,
-    top_p: float = 0.95,
-    repetition_penalty: float = 1.1,
-    num_beams: int = 4,
-    seed: int = 0,
+    temperature: float = DEFAULTS.temperature,
+    top_k: int = DEFAULTS.top_k,
+    top_p: float = DEFAULTS.top_p,
+    repetition_penalty: float = DEFAULTS.repetition_penalty,
+    num_beams: int = DEFAULTS.num_beams,
+    seed: int = DEFAULTS.seed,
+    no_repeat_ngram_size: int = DEFAULTS.no_repeat_ngram_size,
 ) -> Iterator[tuple[str, str]]:
     with user_errors():
         _warn_cleaned(prompt)
@@ -169,6 +175,7 @@ def generate(
             top_k=top_k,
             top_p=top_p,
             repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
             num_beams=num_beams,
             seed=seed,
             # Text reaches the page at most every STREAM_INTERVAL_S: a message per token multiplies
@@ -234,7 +241,7 @@ def generate_tab(models: Models) -> None:
         prompt = gr.Textbox(label="Prompt", lines=3, value=GENERATE_EXAMPLES[0], elem_id="generate-prompt")
         gr.Examples(GENERATE_EXAMPLES, inputs=[prompt])
         with gr.Accordion("Decoding settings", open=False):
-            strategy = gr.Radio(list(inference.STRATEGIES), value="sample", label="Strategy")
+            strategy = gr.Radio(list(inference.STRATEGIES), value=DEFAULTS.strategy, label="Strategy")
             with gr.Row():
                 max_new_tokens = slider(
                     1,
@@ -244,25 +251,56 @@ def generate_tab(models: Models) -> None:
                     label="max_new_tokens",
                 )
                 temperature = slider(
-                    *inference.RANGES["temperature"], value=0.8, step=0.05, label="temperature"
+                    *inference.RANGES["temperature"],
+                    value=DEFAULTS.temperature,
+                    step=0.05,
+                    label="temperature",
                 )
-                top_k = slider(*inference.RANGES["top_k"], value=50, step=1, label="top_k (0 = off)")
+                top_k = slider(
+                    *inference.RANGES["top_k"], value=DEFAULTS.top_k, step=1, label="top_k (0 = off)"
+                )
+                top_p = slider(*inference.RANGES["top_p"], value=DEFAULTS.top_p, step=0.01, label="top_p")
             with gr.Row():
-                top_p = slider(*inference.RANGES["top_p"], value=0.95, step=0.01, label="top_p")
                 repetition_penalty = slider(
-                    *inference.RANGES["repetition_penalty"], value=1.1, step=0.05, label="repetition_penalty"
+                    *inference.RANGES["repetition_penalty"],
+                    value=DEFAULTS.repetition_penalty,
+                    step=0.05,
+                    label="repetition_penalty",
+                )
+                no_repeat_ngram_size = slider(
+                    *inference.RANGES["no_repeat_ngram_size"],
+                    value=DEFAULTS.no_repeat_ngram_size,
+                    step=1,
+                    label="no_repeat_ngram_size (0 = off)",
                 )
                 num_beams = slider(
-                    *inference.RANGES["num_beams"], value=4, step=1, label="num_beams (beam only)"
+                    *inference.RANGES["num_beams"],
+                    value=DEFAULTS.num_beams,
+                    step=1,
+                    label="num_beams (beam only)",
                 )
-                seed = gr.Number(value=0, precision=0, label="seed (-1 = random)")
+                seed = gr.Number(
+                    value=DEFAULTS.seed,
+                    precision=0,
+                    label="seed (-1 = a fresh one each time; the one used is shown below the text)",
+                )
         with gr.Row():
             run = gr.Button("Generate", variant="primary")
             stop = gr.Button("Stop", variant="stop")
         output = gr.Textbox(label="Continuation", lines=6, interactive=False, elem_id="generate-output")
         speed = gr.Markdown(elem_id="generate-speed")
 
-    settings = [strategy, max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_beams, seed]
+    settings = [
+        strategy,
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        repetition_penalty,
+        num_beams,
+        seed,
+        no_repeat_ngram_size,  # last, so that positional API calls made before it keep their meaning
+    ]
     event = gr.on(
         [run.click, prompt.submit],
         partial(generate, models),

@@ -53,7 +53,7 @@ from transformers.cache_utils import (
 )
 
 from . import attention_view, shared_prefix
-from .data import truncate, truncation_side
+from .data import split_sentences, truncate, truncation_side
 from .packed_linear import pack_linears
 from .tokenization import REPLACEMENT_CHAR, readable_pieces
 
@@ -76,6 +76,7 @@ RANGES = {
     "top_k": (0, 200),  # 0 turns top-k off
     "top_p": (0.05, 1.0),
     "repetition_penalty": (1.0, 2.0),
+    "no_repeat_ngram_size": (0, 8),  # 0 turns it off
     "num_beams": (2, 8),
     "seed": (-1, 2**31 - 1),  # -1 draws a fresh seed
     "num_sentences": (1, 10),
@@ -84,6 +85,7 @@ DEFAULT_MAX_NEW_TOKENS = 64
 INTEGER_PARAMETERS = {
     "max_new_tokens",
     "top_k",
+    "no_repeat_ngram_size",
     "num_beams",
     "seed",
     "num_sentences",
@@ -335,18 +337,31 @@ def encode(tokenizer, text: str) -> list[int]:
 
 @dataclass(frozen=True)
 class GenerationSettings:
+    """The decoding settings of one request, with their defaults: the one source for the app's sliders,
+    the task functions and the command line (ranges in RANGES).
+
+    The defaults avoid loops: no 4-gram repeats within a text, and a mild repetition penalty
+    (bench/generation_defaults.py measures each). ``seed`` -1 draws a fresh seed per request; the seed
+    drawn is reported with the text, so a text can be made again.
+    """
+
     strategy: str = "sample"
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.8
     top_k: int = 50
     top_p: float = 0.95
     repetition_penalty: float = 1.1
+    no_repeat_ngram_size: int = 4
     num_beams: int = 4
-    seed: int = 0
+    seed: int = -1
+
+
+GENERATION_DEFAULTS = GenerationSettings()
 
 
 def check_generation_settings(models: Models, **values) -> GenerationSettings:
-    """The settings with every value checked against its range (max_new_tokens also against the window)."""
+    """The settings with every value checked against its range (max_new_tokens also against the window),
+    and a seed of -1 replaced by a fresh one."""
     settings = GenerationSettings(**values)
     checked = {"strategy": check_choice("strategy", settings.strategy, STRATEGIES)}
     for name in (
@@ -355,11 +370,14 @@ def check_generation_settings(models: Models, **values) -> GenerationSettings:
         "top_k",
         "top_p",
         "repetition_penalty",
+        "no_repeat_ngram_size",
         "num_beams",
         "seed",
     ):
         high = models.max_new_tokens if name == "max_new_tokens" else None
         checked[name] = check_number(name, getattr(settings, name), high=high)
+    if checked["seed"] < 0:
+        checked["seed"] = secrets.randbelow(RANGES["seed"][1] + 1)
     return GenerationSettings(**checked)
 
 
@@ -373,6 +391,7 @@ class GenerationUpdate:
     done: bool
     prompt_tokens: int
     dropped_prompt_tokens: int  # cut from the start of the prompt to fit the window
+    seed: int | None = None  # the sampling seed used (None for greedy and beam search)
 
     @property
     def tokens_per_second(self) -> float:
@@ -417,6 +436,29 @@ class _Row:
             self.finish()
 
 
+def repeated_ngram_mask(
+    input_ids: torch.LongTensor, size: int, starts: torch.Tensor, vocab_size: int
+) -> torch.BoolTensor:
+    """(B, vocab) True for each token that would end an n-gram of ``size`` already in its row.
+
+    The rule of Transformers' NoRepeatNGramLogitsProcessor, on tensors instead of a Python dict per
+    row (that processor walks every row's tokens on every step: ~1 ms for 16 rows of 200 tokens, a
+    fifth of a batched decoding step here). Rows are left-padded; n-grams that start in a row's
+    padding (before ``starts``) do not count. A test checks it against the processor.
+    """
+    batch, length = input_ids.shape
+    banned = torch.zeros(batch, vocab_size, dtype=torch.bool)
+    if length < size:
+        return banned
+    ngrams = input_ids.unfold(1, size, 1)  # (B, L - n + 1, n)
+    prefix = input_ids[:, length - size + 1 :]  # (B, n - 1): the last n - 1 tokens
+    match = (ngrams[:, :, :-1] == prefix[:, None, :]).all(-1)
+    match &= torch.arange(ngrams.shape[1]) >= starts[:, None]
+    rows, columns = match.nonzero(as_tuple=True)
+    banned[rows, ngrams[rows, columns, -1]] = True
+    return banned
+
+
 class _RowSampler:
     """Picks each row's next token with that row's settings and random generator.
 
@@ -434,10 +476,11 @@ class _RowSampler:
         self.top_k = torch.tensor([[s.top_k] for s in settings])
         self.top_p = torch.tensor([[s.top_p] for s in settings], dtype=torch.float32)
         self.penalty = torch.tensor([[s.repetition_penalty] for s in settings], dtype=torch.float32)
+        self.no_repeat = torch.tensor([s.no_repeat_ngram_size for s in settings])
 
     def select(self, index: torch.Tensor):
         self.rows = [self.rows[i] for i in index.tolist()]
-        for name in ("pad_lengths", "greedy", "temperature", "top_k", "top_p", "penalty"):
+        for name in ("pad_lengths", "greedy", "temperature", "top_k", "top_p", "penalty", "no_repeat"):
             setattr(self, name, getattr(self, name)[index])
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.LongTensor:
@@ -451,6 +494,11 @@ class _RowSampler:
         seen_scores = scores.gather(1, seen)
         penalized = torch.where(seen_scores < 0, seen_scores * self.penalty, seen_scores / self.penalty)
         scores = scores.scatter(1, seen, penalized)
+        for size in self.no_repeat.unique().tolist():
+            if size > 0:
+                rows = self.no_repeat == size
+                banned = repeated_ngram_mask(input_ids[rows], size, self.pad_lengths[rows], vocab_size)
+                scores[rows] = scores[rows].masked_fill(banned, -math.inf)
 
         any_greedy = bool(self.greedy.any())
         if any_greedy and bool(self.greedy.all()):
@@ -845,23 +893,24 @@ def _decode_complete(tokenizer, ids: list[int]) -> str:
 def generate_stream(
     models: Models,
     prompt: str,
-    strategy: str = "sample",
+    strategy: str = GENERATION_DEFAULTS.strategy,
     max_new_tokens: int | None = None,
-    temperature: float = 0.8,
-    top_k: int = 50,
-    top_p: float = 0.95,
-    repetition_penalty: float = 1.1,
-    num_beams: int = 4,
-    seed: int = 0,
+    temperature: float = GENERATION_DEFAULTS.temperature,
+    top_k: int = GENERATION_DEFAULTS.top_k,
+    top_p: float = GENERATION_DEFAULTS.top_p,
+    repetition_penalty: float = GENERATION_DEFAULTS.repetition_penalty,
+    no_repeat_ngram_size: int = GENERATION_DEFAULTS.no_repeat_ngram_size,
+    num_beams: int = GENERATION_DEFAULTS.num_beams,
+    seed: int = GENERATION_DEFAULTS.seed,
     min_interval_s: float = 0.0,
 ) -> Iterator[GenerationUpdate]:
     """Continues ``prompt``, yielding the generated text so far after every new token, or at most
     every ``min_interval_s`` (the first token and the end come at once; tokens in between are
     decoded only when shown: a page needs ~10 updates a second, not one per token).
 
-    ``strategy`` is ``greedy``, ``sample`` (temperature, top_k, top_p; ``seed`` -1 draws a fresh seed)
-    or ``beam`` (``num_beams`` beams; yields only the final text). ``repetition_penalty`` applies to
-    all three. ``max_new_tokens`` defaults to DEFAULT_MAX_NEW_TOKENS (less in a smaller window). A
+    ``strategy`` is ``greedy``, ``sample`` (temperature, top_k, top_p; ``seed`` -1 draws a fresh seed,
+    reported in each update) or ``beam`` (``num_beams`` beams; yields only the final text).
+    ``repetition_penalty`` and ``no_repeat_ngram_size`` apply to all three. ``max_new_tokens`` defaults to DEFAULT_MAX_NEW_TOKENS (less in a smaller window). A
     prompt longer than the window less ``max_new_tokens`` loses its start. Closing the iterator (a
     stop button) ends the request's decoding.
     """
@@ -877,9 +926,11 @@ def generate_stream(
         top_k=top_k,
         top_p=top_p,
         repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
         num_beams=num_beams,
         seed=seed,
     )
+    used_seed = settings.seed if settings.strategy == "sample" else None
     tokenizer = models.lm_tokenizer
     ids = encode(tokenizer, prompt)
     keep = models.window - settings.max_new_tokens
@@ -892,7 +943,8 @@ def generate_stream(
             if done
             else _decode_complete(tokenizer, tokens)
         )
-        return GenerationUpdate(text, len(tokens), time.perf_counter() - start, done, len(ids), dropped)
+        seconds = time.perf_counter() - start
+        return GenerationUpdate(text, len(tokens), seconds, done, len(ids), dropped, used_seed)
 
     if settings.strategy == "beam":
         yield update(_beam_search(models, ids, settings), done=True)
@@ -933,6 +985,7 @@ def _beam_search(models: Models, ids: list[int], settings: GenerationSettings) -
         early_stopping=True,
     )
     config.repetition_penalty = settings.repetition_penalty
+    config.no_repeat_ngram_size = settings.no_repeat_ngram_size
     with torch.no_grad():
         output = model.generate(
             input_ids=torch.tensor([ids]),
@@ -1022,14 +1075,6 @@ def classify(models: Models, text: str) -> ClassifyResult:
 # A sentence runs to . ! ? (with any closing quotes or brackets) before whitespace, to a CJK full stop,
 # to a blank line, or to the end of the text.
 _CJK_STOPS = ("。", "！", "？")
-_SENTENCE = re.compile(r"\S.*?(?:[.!?][\"'”’)\]]*(?=\s|$)|[。！？]|(?=\n[ \t]*\n)|$)", re.DOTALL)
-
-
-def split_sentences(text: str) -> list[tuple[int, int]]:
-    """(start, end) character spans of the sentences of ``text``, in order."""
-    return [match.span() for match in _SENTENCE.finditer(text)]
-
-
 @dataclass
 class SummaryResult:
     document: str
@@ -1277,9 +1322,11 @@ def main(argv: Sequence[str] | None = None):
         "--classifier", default=os.environ.get("LLM_MEMORY_CLASSIFIER", str(CHECKPOINTS_DIR / "sentiment"))
     )
     parser.add_argument("--summarizer", default=os.environ.get("LLM_MEMORY_SUMMARIZER"))
-    parser.add_argument("--strategy", default="sample", choices=STRATEGIES)
+    parser.add_argument("--strategy", default=GENERATION_DEFAULTS.strategy, choices=STRATEGIES)
     parser.add_argument("--max_new_tokens", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=GENERATION_DEFAULTS.seed, help="-1 (the default) draws a fresh seed"
+    )
     parser.add_argument("--num_sentences", type=int, default=3)
     parser.add_argument("--layer", type=int, default=0)
     parser.add_argument("--head", type=int, default=0)
@@ -1293,7 +1340,8 @@ def main(argv: Sequence[str] | None = None):
             ):
                 print(update.text[len(printed) :], end="", flush=True)
                 printed = update.text
-            print(f"\n[{update.num_tokens} tokens, {update.tokens_per_second:.1f} tokens/s]")
+            seed = "" if update.seed is None else f", seed {update.seed}"
+            print(f"\n[{update.num_tokens} tokens, {update.tokens_per_second:.1f} tokens/s{seed}]")
         elif args.task == "classify":
             result = classify(models, args.text)
             print(result.label, {label: round(p, 4) for label, p in result.probabilities.items()})

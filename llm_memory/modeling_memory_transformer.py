@@ -510,7 +510,10 @@ class MemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, GenerationM
 
 
 class MemoryTransformerForSequenceClassification(MemoryTransformerPreTrainedModel):
-    """Classifies from the last real token, which has read the whole text (and carries the LSTM state)."""
+    """Classifies from the last real token, which has read the whole text (and carries the LSTM state).
+
+    The logits are divided by ``config.classifier_temperature`` (fitted after training), so the
+    probabilities that ``pipeline("text-classification")`` reports are calibrated."""
 
     def __init__(self, config: MemoryTransformerConfig):
         super().__init__(config)
@@ -549,6 +552,7 @@ class MemoryTransformerForSequenceClassification(MemoryTransformerPreTrainedMode
         hidden_states = outputs.last_hidden_state
         last = last_token_index(input_ids, attention_mask, self.config.pad_token_id, hidden_states.shape[1])
         pooled_logits = self.score(hidden_states[torch.arange(hidden_states.shape[0]), last])
+        pooled_logits = pooled_logits / self.config.classifier_temperature
         loss = None
         if labels is not None:
             loss = self.loss_function(

@@ -3,7 +3,8 @@
 Follows Transformers' ``run_clm.py``: argument dataclasses whose help text is the command line, parsed by
 ``HfArgumentParser`` together with ``TrainingArguments`` (so every Trainer flag works), data prepared by
 the pure transforms of ``llm_memory.data``, and the ``Trainer`` underneath. Added here: JSON presets, three
-tasks, early stopping, a throughput/MFU log, a stop on a non-finite loss, and an output folder that is a
+tasks, early stopping, a throughput/MFU log, progress with an ETA and a CSV of every log
+(``llm_memory.training_log``, which also plots it), a stop on a non-finite loss, and an output folder that is a
 complete Hub model repository, written only once training has succeeded.
 
 Examples::
@@ -74,6 +75,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from . import data
+from .calibration import calibrate
 from .configuration_memory_transformer import MemoryTransformerConfig
 from .model_card import ModelCardInfo, build_model_card, describe_dataset, launch_command
 from .modeling_memory_transformer import (
@@ -81,6 +83,7 @@ from .modeling_memory_transformer import (
     MemoryTransformerForSequenceClassification,
 )
 from .tokenization import MIN_VOCAB_SIZE, train_tokenizer
+from .training_log import ProgressCallback
 
 logger = logging.getLogger(__name__)
 
@@ -915,7 +918,10 @@ def setup_logging(training_args: TrainingArguments) -> None:
     )
     log_level = training_args.get_process_log_level()
     # This script's own few lines show on the main process; the libraries stay at their level.
-    logger.setLevel(min(log_level, logging.INFO) if training_args.should_log else log_level)
+    # (the package's logger: the progress lines of llm_memory.training_log too)
+    logging.getLogger("llm_memory").setLevel(
+        min(log_level, logging.INFO) if training_args.should_log else log_level
+    )
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
 
@@ -1008,7 +1014,9 @@ def run(args: Arguments, callbacks: Sequence[TrainerCallback] = ()) -> dict[str,
         run_args.peak_flops or device_peak_flops(training_args.device),
         training_args.world_size,
     )
-    trainer_callbacks = [stop_on_nan, throughput, *callbacks]
+    # After the throughput callback: the progress log and its CSV row include tokens/s.
+    progress = ProgressCallback(training_args.output_dir)
+    trainer_callbacks = [stop_on_nan, throughput, progress, *callbacks]
     if run_args.early_stopping_patience is not None:
         trainer_callbacks.append(EarlyStoppingCallback(run_args.early_stopping_patience))
     trainer = Trainer(
@@ -1035,7 +1043,23 @@ def run(args: Arguments, callbacks: Sequence[TrainerCallback] = ()) -> dict[str,
     if data_args.task == "summarization":
         model.generation_config.max_new_tokens = data_args.generation_max_length
         model.generation_config.do_sample = False
+    calibration = None
+    if data_args.task == "classification":
+        # Every process fits the same temperature on the same rows, so the replicas stay equal.
+        rows = prepared.raw["validation"]
+        calibration = calibrate(
+            model,
+            prepared.tokenizer,
+            rows[data_args.text_column_name],
+            rows[data_args.label_column_name],
+            training_args.per_device_eval_batch_size,
+        )
+        logger.info("Calibration on the validation split: %s", calibration)
     metrics = final_metrics(trainer, train_result.metrics, args, prepared)
+    if calibration is not None:
+        metrics["eval_temperature"] = calibration["temperature"]
+        metrics["eval_ece"] = calibration["calibrated"]["ece"]
+        metrics["eval_ece_uncalibrated"] = calibration["uncalibrated"]["ece"]
     if trainer.is_world_process_zero():
         trainer.log_metrics("all", metrics)
     if run_args.weights_digest_dir:

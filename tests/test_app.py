@@ -94,6 +94,21 @@ def test_generate_streams_tokens_and_reports_speed(client):
     assert re.search(r"\d+ tokens in [\d.]+ s · \*\*[\d.]+ tokens/s\*\* · done", speed)
 
 
+def test_each_sampled_request_shows_its_fresh_seed_which_makes_the_text_again(client):
+    seeds, texts = [], []
+    for _ in range(2):
+        text, speed = client.predict(
+            "The movie was", max_new_tokens=12, temperature=2.0, api_name="/generate"
+        )
+        seeds.append(int(re.search(r"seed (\d+)", speed).group(1)))
+        texts.append(text)
+    assert seeds[0] != seeds[1]
+    again, speed = client.predict(
+        "The movie was", max_new_tokens=12, temperature=2.0, seed=seeds[0], api_name="/generate"
+    )
+    assert again == texts[0] and f"seed {seeds[0]}" in speed
+
+
 def test_beam_search_answers_once(client):
     text, speed = client.predict("The movie was", strategy="beam", max_new_tokens=8, api_name="/generate")
     assert isinstance(text, str) and "done" in speed
@@ -159,6 +174,7 @@ BAD_REQUESTS = [
     ("/generate", dict(top_p=0), "top_p must be a number from 0.05 to 1.0"),
     ("/generate", dict(repetition_penalty=5), "repetition_penalty must be a number from 1.0 to 2.0"),
     ("/generate", dict(num_beams=99), "num_beams must be an integer from 2 to 8"),
+    ("/generate", dict(no_repeat_ngram_size=20), "no_repeat_ngram_size must be an integer from 0 to 8"),
     ("/generate", dict(seed=-7), "seed must be an integer from -1 to"),
     ("/generate", dict(strategy="nucleus"), "strategy must be one of greedy, sample, beam; got 'nucleus'"),
     ("/generate", dict(seed=1.5), "seed must be an integer from -1 to"),

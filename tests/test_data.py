@@ -71,7 +71,7 @@ def test_movie_review_test_split_has_a_tenth_of_imdb(reviews):
 
 
 def test_movie_review_splits_have_both_labels_and_sources(reviews):
-    assert reviews["train"].features["label"] == ClassLabel(names=["neg", "pos"])
+    assert reviews["train"].features["label"] == ClassLabel(names=["negative", "positive"])
     for split in reviews.values():
         assert set(split["label"]) == {0, 1}
         assert set(split["source"]) == {"imdb", "rotten_tomatoes"}

@@ -40,10 +40,11 @@ def remote(checkpoints):
 
 
 def longest_request(models, prompt: str = "The movie was"):
-    """Greedy prompt ids and settings for as many new tokens as the tiny window allows."""
+    """Greedy prompt ids and settings for as many new tokens as the tiny window allows (the tiny
+    model's greedy loop is allowed, so that it does not end at an eos first)."""
     ids = inference.encode(models.lm_tokenizer, prompt)
     settings = inference.check_generation_settings(
-        models, strategy="greedy", max_new_tokens=models.window - len(ids)
+        models, strategy="greedy", max_new_tokens=models.window - len(ids), no_repeat_ngram_size=0
     )
     return ids, settings
 

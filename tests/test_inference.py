@@ -1,6 +1,7 @@
 """The demo's task functions on tiny random models: parity with generate(), input checks, attributions,
 summaries and attention at the level of readable pieces. Nothing is downloaded."""
 
+import math
 import threading
 import time
 
@@ -201,14 +202,64 @@ def hf_generate(models, prompt, **kwargs) -> str:
 def test_greedy_stream_equals_generate(models):
     updates = list(inference.generate_stream(models, "The movie was", strategy="greedy", max_new_tokens=12))
     expected = hf_generate(
-        models, "The movie was", max_new_tokens=12, do_sample=False, repetition_penalty=1.1
+        models,
+        "The movie was",
+        max_new_tokens=12,
+        do_sample=False,
+        repetition_penalty=1.1,
+        no_repeat_ngram_size=4,
     )
     assert updates[-1].done and updates[-1].text == expected
+    assert updates[-1].seed is None  # greedy: no seed to report
     assert all(not update.done for update in updates[:-1])
     # Each update extends the last: a stream, not a series of unrelated texts.
     for before, after in zip(updates, updates[1:], strict=False):
         assert after.text.startswith(before.text) and after.num_tokens >= before.num_tokens
     assert updates[-1].tokens_per_second > 0
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_repeated_ngram_mask_bans_what_transformers_no_repeat_processor_bans(size):
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    generator = torch.Generator().manual_seed(size)
+    vocab, length = 7, 30  # a small vocabulary, so that n-grams repeat
+    ids = torch.randint(3, vocab, (5, length), generator=generator)
+    pads = torch.tensor([0, 3, 0, 10, 29])
+    for row, pad in enumerate(pads.tolist()):
+        ids[row, :pad] = 0
+    banned = inference.repeated_ngram_mask(ids, size, pads, vocab)
+    processor = NoRepeatNGramLogitsProcessor(size)
+    for row, pad in enumerate(pads.tolist()):
+        real = ids[row : row + 1, pad:]
+        expected = processor(real, torch.zeros(1, vocab))[0] == -math.inf
+        assert torch.equal(banned[row], expected), (size, row)
+
+
+def test_greedy_tokens_repeat_no_4_gram_by_default(models):
+    prompt = models.lm_tokenizer("the the the the", add_special_tokens=False).input_ids
+    settings = inference.check_generation_settings(models, strategy="greedy", max_new_tokens=40)
+    row = models.batcher.submit(prompt, settings)
+    assert row.done.wait(60) and row.error is None
+    ids = prompt + row.tokens
+    # Every 4-gram that ends in a generated token is new (the prompt's own repeats came before).
+    seen = {tuple(ids[i : i + 4]) for i in range(len(prompt) - 3)}
+    for end in range(len(prompt), len(ids)):
+        ngram = tuple(ids[end - 3 : end + 1])
+        assert ngram not in seen
+        seen.add(ngram)
+
+
+def test_each_request_draws_a_fresh_seed_and_reports_it(models):
+    first = inference.generate(models, "The movie was", max_new_tokens=12, temperature=2.0, top_k=0)
+    second = inference.generate(models, "The movie was", max_new_tokens=12, temperature=2.0, top_k=0)
+    assert first.seed is not None and second.seed is not None and first.seed != second.seed
+    assert first.text != second.text
+    # The reported seed makes the same text again.
+    again = inference.generate(
+        models, "The movie was", max_new_tokens=12, temperature=2.0, top_k=0, seed=first.seed
+    )
+    assert again.text == first.text and again.seed == first.seed
 
 
 def test_sampling_with_top_k_1_is_greedy(models):
@@ -696,6 +747,7 @@ def test_beam_search_equals_generate(models):
         num_beams=3,
         early_stopping=True,
         repetition_penalty=1.1,
+        no_repeat_ngram_size=4,
     )
     assert len(updates) == 1 and updates[0].done
     assert updates[0].text == expected

@@ -23,7 +23,7 @@ from transformers import (
     TrainerCallback,
 )
 
-from llm_memory import MemoryTransformerForCausalLM, push, train
+from llm_memory import MemoryTransformerForCausalLM, push, train, training_log
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.json")
@@ -155,7 +155,7 @@ def test_lm_run_writes_a_complete_hub_folder(lm_folder):
 def test_classification_from_an_lm_checkpoint_keeps_the_body(lm_folder, tmp_path):
     args = train.parse_args(tiny(tmp_path / "cls", "--task", "classification", "--init_from", str(lm_folder)))
     tokenizer = AutoTokenizer.from_pretrained(lm_folder)
-    classifier = train.build_model(args, tokenizer, ["neg", "pos"])
+    classifier = train.build_model(args, tokenizer, ["negative", "positive"])
     lm = AutoModelForCausalLM.from_pretrained(lm_folder)
     lm_body = lm.model.state_dict()
     for name, tensor in classifier.model.state_dict().items():
@@ -164,9 +164,13 @@ def test_classification_from_an_lm_checkpoint_keeps_the_body(lm_folder, tmp_path
 
     assert train.main(tiny(tmp_path / "cls", "--task", "classification", "--init_from", str(lm_folder))) == 0
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "cls")
-    assert model.config.id2label == {0: "neg", 1: "pos"}
+    assert model.config.id2label == {0: "negative", 1: "positive"}
     metrics = results(tmp_path / "cls")
     assert 0 <= metrics["eval_accuracy"] <= 1 and 0 <= metrics["eval_f1"] <= 1
+    # The temperature fitted on validation is saved with the model and lowers its calibration error.
+    assert model.config.classifier_temperature == pytest.approx(metrics["eval_temperature"], rel=1e-3)
+    assert metrics["eval_temperature"] != 1.0
+    assert metrics["eval_ece"] <= metrics["eval_ece_uncalibrated"]
     meta = card_metadata(tmp_path / "cls")
     assert "pipeline_tag: text-classification" in meta and "type: accuracy" in meta and "type: f1" in meta
     assert not (tmp_path / "cls" / "generation_config.json").exists()
@@ -296,6 +300,22 @@ def test_resumed_run_logs_the_same_losses_as_an_uninterrupted_one(text_files, tm
     assert sorted(whole) == sorted(parts) == [1, 2, 3, 4, 5, 6]
     for step in whole:
         assert parts[step] == pytest.approx(whole[step], abs=1e-5), step
+    # The CSV log of the resumed run holds each step once (the rows logged after checkpoint 3 by the
+    # interrupted sitting are dropped), with the same losses and an ETA while steps remained.
+    rows = {"whole": [], "parts": []}
+    for name in rows:
+        with (tmp_path / name / training_log.LOG_FILE).open(newline="") as file:
+            rows[name] = [row for row in csv.DictReader(file) if row["loss"]]
+    assert (
+        [int(r["step"]) for r in rows["parts"]]
+        == [int(r["step"]) for r in rows["whole"]]
+        == [1, 2, 3, 4, 5, 6]
+    )
+    for whole_row, part_row in zip(rows["whole"], rows["parts"], strict=True):
+        assert float(part_row["loss"]) == pytest.approx(float(whole_row["loss"]), abs=1e-5)
+        assert float(part_row["perplexity"]) == pytest.approx(math.exp(float(part_row["loss"])), rel=1e-3)
+        assert float(part_row["progress"]) == pytest.approx(int(part_row["step"]) / 6, abs=1e-4)
+        assert float(part_row["eta_seconds"]) >= 0
 
 
 def free_port() -> int:

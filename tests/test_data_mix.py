@@ -1,0 +1,75 @@
+"""The pretraining mix: its sources, fixed splits, the held-out English text and the rebuild command."""
+
+import json
+
+import pytest
+
+from llm_memory import data, data_mix
+
+
+@pytest.fixture(scope="module")
+def mix():
+    return data_mix.load_lm_mix()
+
+
+def test_the_mix_trains_on_reviews_and_english_text_and_keeps_the_review_splits(mix):
+    reviews = data.load_movie_reviews()
+    sources = set(mix["train"]["source"])
+    assert sources == {"imdb", "rotten_tomatoes", "wikipedia", "news"}
+    assert mix["validation"]["text"] == reviews["validation"]["text"]
+    assert mix["test"]["text"] == reviews["test"]["text"]
+    assert set(mix["test_english"]["source"]) == {"wikipedia", "news"}
+    train_texts = set(mix["train"]["text"])
+    assert not train_texts & set(mix["test"]["text"])  # no test review is trained on
+    assert not train_texts & set(mix["test_english"]["text"])
+    english = [
+        t for t, s in zip(mix["train"]["text"], mix["train"]["source"], strict=True) if s == "wikipedia"
+    ]
+    assert len(english) > 50 and all(len(text.split()) >= data_mix.MIN_ARTICLE_WORDS for text in english)
+    # About a tenth of the English documents are held out.
+    held_out = len(mix["test_english"])
+    assert (
+        0.08 < held_out / (held_out + sum(s in ("wikipedia", "news") for s in mix["train"]["source"])) < 0.12
+    )
+
+
+def test_the_mix_is_the_same_in_every_call_and_does_not_follow_the_training_seed():
+    first = data.load_text_dataset(dataset_name="lm_mix", seed=1)
+    second = data.load_text_dataset(dataset_name="builtin:lm_mix", seed=2)
+    assert first["train"]["text"] == second["train"]["text"]
+    assert (
+        data.load_text_dataset("movie_reviews", seed=5)["test"]["text"]
+        == data.load_movie_reviews()["test"]["text"]
+    )
+
+
+def test_wikitext_markup_is_removed():
+    raw = "'''Achilles''' (; ) was a ''hero''.\n\n== Etymology ==\nHis   name\n\n\n\nis old."
+    assert data_mix.clean_wikitext(raw) == "Achilles was a hero.\n\nEtymology\nHis name\n\nis old."
+
+
+def test_the_rebuild_command_writes_every_split_and_a_manifest(tmp_path, mix, capsys):
+    assert data_mix.main(["--output_dir", str(tmp_path)]) == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(manifest["packages"]) == {"movie-reviews", "gensim"}
+    for split in ("train", "validation", "test", "test_english"):
+        lines = (tmp_path / f"{split}.jsonl").read_text(encoding="utf-8").rstrip("\n").split("\n")
+        assert len(lines) == len(mix[split])
+        assert sum(c["rows"] for c in manifest["splits"][split].values()) == len(mix[split])
+    assert json.loads(lines[0])["text"] == mix["test_english"][0]["text"]
+    assert "train: imdb" in capsys.readouterr().out
+
+
+def test_a_missing_gensim_is_a_clear_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_gensim(name, *args, **kwargs):
+        if name == "gensim" or name.startswith("gensim."):
+            raise ImportError("No module named 'gensim'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_gensim)
+    with pytest.raises(data.DataError, match="pip install gensim"):
+        data_mix.load_news()
