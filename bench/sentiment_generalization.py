@@ -38,8 +38,12 @@ LABELS = ("negative", "positive")
 
 def test_sets() -> dict[str, tuple[list[str], np.ndarray]]:
     test = load_movie_reviews()["test"]
-    imdb = [(t, y) for t, y, s in zip(test["text"], test["label"], test["source"], strict=True) if s == "imdb"]
-    critic = [(t, y) for t, y, s in zip(test["text"], test["label"], test["source"], strict=True) if s != "imdb"]
+    imdb = [
+        (t, y) for t, y, s in zip(test["text"], test["label"], test["source"], strict=True) if s == "imdb"
+    ]
+    critic = [
+        (t, y) for t, y, s in zip(test["text"], test["label"], test["source"], strict=True) if s != "imdb"
+    ]
     rng = random.Random(0)
     ends = [(end, y) for t, y in imdb if (end := review_end(t, rng)) is not None]
     with CONTRAST_FILE.open(newline="", encoding="utf-8") as file:
@@ -55,7 +59,9 @@ def scores(probabilities: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", required=True, help="NAME=FOLDER of each classifier.")
     parser.add_argument(
         "--baseline_data", choices=("sentiment_mix", "movie_reviews"), default="sentiment_mix",
@@ -66,10 +72,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sets = test_sets()
-    train = load_sentiment_mix()["train"] if args.baseline_data == "sentiment_mix" else load_movie_reviews()["train"]
+    train = (
+        load_sentiment_mix()["train"]
+        if args.baseline_data == "sentiment_mix"
+        else load_movie_reviews()["train"]
+    )
 
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=200_000)
-    baseline = LogisticRegression(C=4.0, max_iter=2000).fit(vectorizer.fit_transform(train["text"]), train["label"])
+    baseline = LogisticRegression(C=4.0, max_iter=2000).fit(
+        vectorizer.fit_transform(train["text"]), train["label"]
+    )
     results = {"TF-IDF + LR": {}}
     for name, (texts, labels) in sets.items():
         results["TF-IDF + LR"][name] = scores(baseline.predict_proba(vectorizer.transform(texts)), labels)
@@ -89,7 +101,11 @@ def main(argv=None):
         cells = " | ".join(f"{row[name]['accuracy']:.3f} (ECE {row[name]['ece']:.3f})" for name in sets)
         print(f"| {model_name} | {cells} |")
     if args.json:
-        payload = {"baseline_data": args.baseline_data, "sizes": {n: len(s[1]) for n, s in sets.items()}, "results": results}
+        payload = {
+            "baseline_data": args.baseline_data,
+            "sizes": {n: len(s[1]) for n, s in sets.items()},
+            "results": results,
+        }
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
 
 

@@ -129,7 +129,11 @@ def load_lm_mix(seed: int = 0) -> DatasetDict:
 
 
 SENTIMENT_FEATURES = Features(
-    {"text": Value("string"), "label": data.ClassLabel(names=data.MOVIE_REVIEWS_LABELS), "kind": Value("string")}
+    {
+        "text": Value("string"),
+        "label": data.ClassLabel(names=data.MOVIE_REVIEWS_LABELS),
+        "kind": Value("string"),
+    }
 )
 # Review ends hold up to this many sentences, and must be this long to carry a verdict.
 MAX_END_SENTENCES = 3
@@ -163,7 +167,9 @@ def load_sentiment_mix(seed: int = 0) -> DatasetDict:
             rows["label"].append(label)
             rows["kind"].append(kind)
 
-        for text, label, source in zip(reviews[name]["text"], reviews[name]["label"], reviews[name]["source"], strict=True):
+        for text, label, source in zip(
+            reviews[name]["text"], reviews[name]["label"], reviews[name]["source"], strict=True
+        ):
             if source == "rotten_tomatoes":
                 add(text, label, "critic sentence")
                 continue

@@ -1075,6 +1075,8 @@ def classify(models: Models, text: str) -> ClassifyResult:
 # A sentence runs to . ! ? (with any closing quotes or brackets) before whitespace, to a CJK full stop,
 # to a blank line, or to the end of the text.
 _CJK_STOPS = ("。", "！", "？")
+
+
 @dataclass
 class SummaryResult:
     document: str
