@@ -39,7 +39,11 @@ def main(argv=None):
     parser.add_argument(
         "--recipes", default=";".join(RECIPES), help="Names from RECIPES, separated by semicolons."
     )
-    parser.add_argument("--dataset_name", default=None, help="Passed to the training command.")
+    parser.add_argument(
+        "--dataset_name",
+        default="movie_reviews",
+        help="Passed to the training command (the sweeps ran on the reviews).",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -57,7 +61,7 @@ def main(argv=None):
                 sys.executable, "-m", "llm_memory.train", "--preset", args.preset, "--output_dir", out,
                 "--max_steps", str(steps), "--warmup_steps", str(max(steps // 20, 1)), "--eval_strategy", "no",
                 "--save_strategy", "no", "--logging_steps", str(max(steps // 10, 1)), "--disable_tqdm", "true",
-                *(["--dataset_name", args.dataset_name] if args.dataset_name else []), *flags,
+                "--dataset_name", args.dataset_name, *flags,
             ]  # fmt: skip
             start = time.perf_counter()
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)

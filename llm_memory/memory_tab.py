@@ -7,6 +7,7 @@ question pays to the fact in each layer (only possible when the fact is inside t
 and the accuracy-against-distance curves of the last ``memory_bench`` run.
 """
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,22 @@ from .memory_bench import RESULTS_DIR, VARIANTS, accuracy_figure, load_report, r
 from .probes import TASKS, Distractors, Probe, as_distractors, make_probe
 
 DEFAULT_DISTANCE = 128
+# The farthest a probe of the tab may hide its fact: 64 windows of the embedded memory model (64 tokens)
+# and the benchmark's longest distance; reading it window by window takes a few seconds on a CPU.
+MAX_DISTANCE = 4096
+MAX_SEED = 2**31 - 1
+
+
+def check_integer(name: str, value, low: int, high: int) -> int:
+    """``value`` as an int in [low, high], or a ValueError that names the range (NaN, inf, text too)."""
+    allowed = f"{name} must be an integer from {low} to {high}"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{allowed}, got {value!r}.")
+    if value != int(value) or not low <= value <= high:
+        raise ValueError(f"{allowed}, got {value}.")
+    return int(value)
+
+
 BEYOND_WINDOW = "beyond the window: attention cannot see it"
 
 
@@ -67,10 +84,10 @@ def run_memory_probe(
     benchmark, so the fact is inside the question's window when it lies within the last window."""
     if variant not in VARIANTS:
         raise ValueError(f"Unknown variant {variant!r}; choose from {', '.join(VARIANTS)}.")
+    distance = check_integer("distance", distance, 1, MAX_DISTANCE)
+    seed = check_integer("seed", seed, 0, MAX_SEED)
     window = window_size(model)
-    probe = make_probe(
-        task, int(distance), tokenizer, int(seed), distractor_texts, align_to=window if align else None
-    )
+    probe = make_probe(task, distance, tokenizer, seed, distractor_texts, align_to=window if align else None)
     settings = variant_settings(variant, window)
     run = run_probe(model, probe, window, output_attentions=True, **settings)
     attention = fact_attention(probe, run.attentions, run.window_start)
@@ -224,8 +241,8 @@ def add_memory_tab(
                 model,
                 tokenizer,
                 task,
-                int(distance or DEFAULT_DISTANCE),
-                int(seed or 0),
+                DEFAULT_DISTANCE if distance is None else distance,
+                0 if seed is None else seed,
                 variant,
                 distractors[id(tokenizer)],
             )
@@ -248,8 +265,14 @@ def add_memory_tab(
         )
         with gr.Row():
             task = gr.Dropdown(list(TASKS), value=TASKS[0], label="Task")
-            distance = gr.Number(value=DEFAULT_DISTANCE, precision=0, minimum=1, label="Distance (tokens)")
-            seed = gr.Number(value=0, precision=0, label="Seed")
+            distance = gr.Number(
+                value=DEFAULT_DISTANCE,
+                precision=0,
+                minimum=1,
+                maximum=MAX_DISTANCE,
+                label=f"Distance (tokens, at most {MAX_DISTANCE})",
+            )
+            seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
             variant = gr.Dropdown(list(VARIANTS), value="lstm", label="Memory across windows")
             model_name = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1)
         run_button = gr.Button("Run probe", variant="primary")

@@ -44,6 +44,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -72,7 +73,6 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from . import data
 from .calibration import calibrate
@@ -396,6 +396,33 @@ def require_model_folder(path: str, flag: str) -> None:
         raise ValueError(f"{flag} {path!r} is not a model folder (no config.json there); check the path.")
 
 
+def checkpoint_is_complete(folder: str) -> bool:
+    """Whether a ``checkpoint-<step>`` folder was written to the end: the Trainer writes its
+    trainer_state.json last, after the weights (a run killed while saving leaves it out or cut)."""
+    try:
+        json.loads(Path(folder, "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(Path(folder, name).is_file() for name in ("model.safetensors", "pytorch_model.bin"))
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest complete checkpoint of ``output_dir``; incomplete newer ones are named in a warning."""
+    if not os.path.isdir(output_dir):
+        return None
+    steps = sorted(
+        (int(name.split("-", 1)[1]), name)
+        for name in os.listdir(output_dir)
+        if re.fullmatch(r"checkpoint-\d+", name) and os.path.isdir(os.path.join(output_dir, name))
+    )
+    for _, name in reversed(steps):
+        folder = os.path.join(output_dir, name)
+        if checkpoint_is_complete(folder):
+            return folder
+        logger.warning("Skipping %s: it is incomplete (the run was stopped while saving it).", folder)
+    return None
+
+
 def find_checkpoint(args: Arguments) -> str | None:
     """The checkpoint to resume from, or None for a fresh run; refuses to mix a fresh run into an old one."""
     training_args, run_args = args.training, args.run
@@ -403,12 +430,12 @@ def find_checkpoint(args: Arguments) -> str | None:
         require_model_folder(training_args.resume_from_checkpoint, "--resume_from_checkpoint")
         return training_args.resume_from_checkpoint
     output_dir = training_args.output_dir
-    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    last = last_complete_checkpoint(output_dir)
     if run_args.resume:
         if last is None:
             raise ValueError(
-                f"--resume: there is no checkpoint (checkpoint-<step> folder) in {output_dir!r} to continue "
-                "from; run without --resume to start, or check --output_dir."
+                f"--resume: there is no complete checkpoint (checkpoint-<step> folder) in {output_dir!r} to "
+                "continue from; run without --resume to start, or check --output_dir."
             )
         return last
     previous = last is not None or os.path.isfile(os.path.join(output_dir, FINAL_MARKER))
@@ -417,6 +444,15 @@ def find_checkpoint(args: Arguments) -> str | None:
             f"--output_dir {output_dir!r} already holds a run; pass --resume to continue it, "
             "--overwrite_output_dir to start afresh there, or choose another --output_dir."
         )
+    return None
+
+
+def finished_run_metrics(args: Arguments) -> dict | None:
+    """With --resume on a run that already wrote its final model: that run's metrics (nothing to do)."""
+    output_dir = args.training.output_dir
+    results = Path(output_dir, "all_results.json")
+    if args.run.resume and Path(output_dir, FINAL_MARKER).is_file() and results.is_file():
+        return json.loads(results.read_text())
     return None
 
 
@@ -995,6 +1031,14 @@ def run(args: Arguments, callbacks: Sequence[TrainerCallback] = ()) -> dict[str,
     data_args, run_args, training_args = args.data, args.run, args.training
     setup_logging(training_args)
     check_arguments(args)
+    if (finished := finished_run_metrics(args)) is not None:
+        logger.info(
+            "%s holds a finished run, so --resume has nothing to continue and changes nothing; to train "
+            "further, start a new run with --init_from %s.",
+            training_args.output_dir,
+            training_args.output_dir,
+        )
+        return finished
     checkpoint = find_checkpoint(args)
     if checkpoint is None and run_args.overwrite_output_dir:
         with training_args.main_process_first(desc="removing the previous run"):

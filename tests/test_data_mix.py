@@ -73,3 +73,40 @@ def test_a_missing_gensim_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_gensim)
     with pytest.raises(data.DataError, match="pip install gensim"):
         data_mix.load_news()
+
+
+def test_the_sentiment_mix_reads_reviews_whole_by_their_ends_and_critic_sentences():
+    mix = data_mix.load_sentiment_mix()
+    reviews = data.load_movie_reviews()
+    assert set(mix) == {"train", "validation"}
+    train = mix["train"]
+    assert set(train["kind"]) == {"review", "review end", "critic sentence"}
+    assert train.features["label"].names == ["negative", "positive"]
+    whole = {t: y for t, y in zip(reviews["train"]["text"], reviews["train"]["label"], strict=True)}
+    ends = [
+        (t, y)
+        for t, y, k in zip(train["text"], train["label"], train["kind"], strict=True)
+        if k == "review end"
+    ]
+    assert len(ends) > 0.9 * sum(s == "imdb" for s in reviews["train"]["source"])
+    # Each end is the tail of a training review with the same label.
+    by_tail = {}
+    for review, label in whole.items():
+        by_tail.setdefault(review[-15:], []).append((review, label))
+    for text, label in ends[:200]:
+        assert (label, True) in {(y, review.endswith(text)) for review, y in by_tail[text[-15:]]}
+        assert len(text.split()) >= data_mix.MIN_END_WORDS
+    assert not set(train["text"]) & set(reviews["test"]["text"])
+    assert data_mix.load_sentiment_mix()["train"]["text"] == train["text"]  # the same every time
+
+
+def test_a_review_end_is_its_last_sentences():
+    import random
+
+    text = "It starts well. Then it drags on. The ending is a triumph and I loved it."
+    ends = {data_mix.review_end(text, random.Random(seed)) for seed in range(20)}
+    assert ends <= {
+        "The ending is a triumph and I loved it.",
+        "Then it drags on. The ending is a triumph and I loved it.",
+    }
+    assert data_mix.review_end("One sentence only.", random.Random(0)) is None

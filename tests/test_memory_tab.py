@@ -1,6 +1,7 @@
 """Memory tab: the probe function on a tiny model, and the tab served and called through its API."""
 
 import json
+import time
 from types import SimpleNamespace
 
 import gradio as gr
@@ -76,6 +77,28 @@ def test_fact_beyond_the_window_is_said_so(variant, model, tokenizer, texts):
 def test_bad_variant(model, tokenizer, texts):
     with pytest.raises(ValueError, match="Unknown variant"):
         run_memory_probe(model, tokenizer, "kv", 50, 0, "gru", texts)
+
+
+@pytest.mark.parametrize(
+    "distance, seed, message",
+    [
+        (1e12, 0, "distance must be an integer from 1 to 4096, got 1000000000000.0"),
+        (5000, 0, "distance must be an integer from 1 to 4096, got 5000"),
+        (float("nan"), 0, "distance must be an integer from 1 to 4096, got nan"),
+        (float("inf"), 0, "distance must be an integer from 1 to 4096, got inf"),
+        ("far", 0, "distance must be an integer from 1 to 4096, got 'far'"),
+        ([3], 0, "distance must be an integer from 1 to 4096, got [3]"),
+        (12.5, 0, "distance must be an integer from 1 to 4096, got 12.5"),
+        (64, float("nan"), "seed must be an integer from 0 to 2147483647, got nan"),
+        (64, -1, "seed must be an integer from 0 to 2147483647, got -1"),
+    ],
+)
+def test_distance_and_seed_out_of_range_are_refused_at_once(model, tokenizer, texts, distance, seed, message):
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as error:
+        run_memory_probe(model, tokenizer, "passkey", distance, seed, "lstm", texts)
+    assert str(error.value) == message + "."
+    assert time.perf_counter() - start < 1.0
 
 
 def test_memory_tab_end_to_end(model, tokenizer, texts, tmp_path):

@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -318,6 +319,31 @@ def test_resumed_run_logs_the_same_losses_as_an_uninterrupted_one(text_files, tm
         assert float(part_row["eta_seconds"]) >= 0
 
 
+def test_resume_skips_a_checkpoint_cut_short_by_a_kill_and_a_finished_run_is_left_as_it_is(
+    text_files, tmp_path, caplog
+):
+    files = ["--train_file", str(text_files["train_txt"]), "--validation_file", str(text_files["valid_txt"])]
+    steps = ["--max_steps", "6", "--save_steps", "3", "--eval_steps", "3", "--logging_steps", "1"]
+    command = tiny(tmp_path / "run", *files, *steps)
+    with pytest.raises(Interrupted):
+        train.run(train.parse_args(command), callbacks=[InterruptAfterSave(3)])
+    # A kill while checkpoint-6 was written: its weights are there, its trainer state is cut short.
+    shutil.copytree(tmp_path / "run" / "checkpoint-3", tmp_path / "run" / "checkpoint-6")
+    state = tmp_path / "run" / "checkpoint-6" / "trainer_state.json"
+    state.write_text(state.read_text()[:40])
+    assert not train.checkpoint_is_complete(str(tmp_path / "run" / "checkpoint-6"))
+    assert train.last_complete_checkpoint(str(tmp_path / "run")).endswith("checkpoint-3")
+    with caplog.at_level("WARNING"):
+        assert train.main([*command, "--resume"]) == 0
+    assert "checkpoint-6: it is incomplete" in caplog.text
+    assert results(tmp_path / "run")["epoch"] > 0
+
+    weights = (tmp_path / "run" / "model.safetensors").read_bytes()
+    before = results(tmp_path / "run")
+    assert train.run(train.parse_args([*command, "--resume"])) == before  # finished: nothing to do
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == weights
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -418,7 +444,7 @@ BAD_SETTINGS = {
         "--early_stopping_patience needs evaluations",
         True,
     ),
-    "resume without checkpoint": (["--resume"], "there is no checkpoint", True),
+    "resume without checkpoint": (["--resume"], "there is no complete checkpoint", True),
     "init_from not a model": (["--init_from", "/nonexistent/model"], "is not a model folder", True),
     "unknown built-in dataset": (["--dataset_name", "builtin:nope"], "Unknown built-in dataset", False),
     "unknown dataset": (
