@@ -54,6 +54,13 @@ from transformers.cache_utils import (
 
 from . import attention_view, shared_prefix
 from .data import split_sentences, truncate, truncation_side
+from .generation_settings import (
+    DEFAULT_MAX_NEW_TOKENS,
+    GENERATION_DEFAULTS,
+    GENERATION_RANGES,
+    STRATEGIES,
+    GenerationSettings,
+)
 from .packed_linear import pack_linears
 from .tokenization import REPLACEMENT_CHAR, readable_pieces
 
@@ -67,21 +74,10 @@ CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 # The attention window of a model whose config does not say.
 FALLBACK_WINDOW = 1024
 
-STRATEGIES = ("greedy", "sample", "beam")
 SUMMARY_METHODS = ("centroid", "attention")
-# (low, high) of each parameter, inclusive. max_new_tokens is also capped by the model's window.
-RANGES = {
-    "max_new_tokens": (1, 256),
-    "temperature": (0.1, 2.0),
-    "top_k": (0, 200),  # 0 turns top-k off
-    "top_p": (0.05, 1.0),
-    "repetition_penalty": (1.0, 2.0),
-    "no_repeat_ngram_size": (0, 8),  # 0 turns it off
-    "num_beams": (2, 8),
-    "seed": (-1, 2**31 - 1),  # -1 draws a fresh seed
-    "num_sentences": (1, 10),
-}
-DEFAULT_MAX_NEW_TOKENS = 64
+# (low, high) of each parameter, inclusive: the decoding settings' (llm_memory/generation_settings.py)
+# and the summary's.
+RANGES = {**GENERATION_RANGES, "num_sentences": (1, 10)}
 INTEGER_PARAMETERS = {
     "max_new_tokens",
     "top_k",
@@ -333,30 +329,6 @@ def encode(tokenizer, text: str) -> list[int]:
 # ---------------------------------------------------------------------------------------------------
 # Generation
 # ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """The decoding settings of one request, with their defaults: the one source for the app's sliders,
-    the task functions and the command line (ranges in RANGES).
-
-    The defaults avoid loops: no 4-gram repeats within a text, and a mild repetition penalty
-    (bench/generation_defaults.py measures each). ``seed`` -1 draws a fresh seed per request; the seed
-    drawn is reported with the text, so a text can be made again.
-    """
-
-    strategy: str = "sample"
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    temperature: float = 0.8
-    top_k: int = 50
-    top_p: float = 0.95
-    repetition_penalty: float = 1.1
-    no_repeat_ngram_size: int = 4
-    num_beams: int = 4
-    seed: int = -1
-
-
-GENERATION_DEFAULTS = GenerationSettings()
 
 
 def check_generation_settings(models: Models, **values) -> GenerationSettings:

@@ -77,6 +77,7 @@ from transformers import (
 from . import data
 from .calibration import calibrate
 from .configuration_memory_transformer import MemoryTransformerConfig
+from .generation_settings import generation_config_defaults
 from .model_card import ModelCardInfo, build_model_card, describe_dataset, launch_command
 from .modeling_memory_transformer import (
     MemoryTransformerForCausalLM,
@@ -1084,6 +1085,10 @@ def run(args: Arguments, callbacks: Sequence[TrainerCallback] = ()) -> dict[str,
 
     model = trainer.model  # the best checkpoint's weights with --load_best_model_at_end
     model.config.use_cache = True  # the Trainer turns the cache off for training; generation wants it
+    if data_args.task == "lm":
+        # generate() and pipelines decode as the demo does: sampled, with no 4-gram repeats.
+        for name, value in generation_config_defaults().items():
+            setattr(model.generation_config, name, value)
     if data_args.task == "summarization":
         model.generation_config.max_new_tokens = data_args.generation_max_length
         model.generation_config.do_sample = False

@@ -137,6 +137,11 @@ def test_lm_run_writes_a_complete_hub_folder(lm_folder):
     assert model.config.use_cache and model.config.vocab_size == len(tokenizer)
     ids = tokenizer("The film was", return_tensors="pt").input_ids
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+    # The saved generation config decodes as the demo does.
+    generation = model.generation_config
+    assert (
+        generation.do_sample and generation.no_repeat_ngram_size == 4 and generation.repetition_penalty == 1.1
+    )
 
     metrics = results(lm_folder)
     assert math.isclose(metrics["eval_perplexity"], math.exp(metrics["eval_loss"]), rel_tol=1e-6)
