@@ -94,6 +94,70 @@ def test_generate_same_with_and_without_cache(use_lstm, generation):
     assert torch.equal(outputs[0], outputs[1])
 
 
+@pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
+@pytest.mark.parametrize("assistance", ["assistant_model", "prompt_lookup"])
+def test_assisted_decoding_equals_greedy_without_the_lstm_and_is_refused_with_it(
+    position_embedding_type, assistance
+):
+    prompt = torch.cat([random_ids(1, 6, seed=7)] * 3, dim=1)  # repeats, for prompt lookup to find
+    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=10, do_sample=False, pad_token_id=0)
+    for use_lstm in (False, True):
+        model = tiny_lm(use_lstm=use_lstm, position_embedding_type=position_embedding_type)
+        extra = (
+            {
+                "assistant_model": tiny_lm(
+                    seed=5, use_lstm=False, position_embedding_type=position_embedding_type
+                )
+            }
+            if assistance == "assistant_model"
+            else {"prompt_lookup_num_tokens": 3}
+        )
+        if use_lstm:
+            with pytest.raises(ValueError, match="assisted generation is not supported with stateful models"):
+                model.generate(prompt, **kwargs, **extra)
+        else:
+            torch.testing.assert_close(
+                model.generate(prompt, **kwargs, **extra), model.generate(prompt, **kwargs)
+            )
+
+
+@pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
+def test_a_packed_row_gives_the_logits_of_its_sequences_padded(position_embedding_type):
+    """Padding-free batches (DataCollatorWithFlattening): position ids restart at each sequence, and
+    attention and the LSTM state both start afresh there."""
+    from transformers import DataCollatorWithFlattening
+
+    model = tiny_lm(use_lstm=True, position_embedding_type=position_embedding_type)
+    sequences = [random_ids(1, n, seed=n)[0].tolist() for n in (7, 4, 9)]
+    packed = DataCollatorWithFlattening(return_position_ids=True)([{"input_ids": s} for s in sequences])
+    longest = max(map(len, sequences))
+    padded = torch.tensor([s + [0] * (longest - len(s)) for s in sequences])
+    mask = (torch.arange(longest) < torch.tensor([len(s) for s in sequences])[:, None]).long()
+    with torch.no_grad():
+        # use_cache=False, as in training: Transformers reads packing from position ids only without a cache.
+        packed_logits = model(
+            packed["input_ids"], position_ids=packed["position_ids"], use_cache=False
+        ).logits[0]
+        padded_logits = model(padded, attention_mask=mask).logits
+    expected = torch.cat([padded_logits[i, : len(s)] for i, s in enumerate(sequences)])
+    torch.testing.assert_close(packed_logits, expected, atol=1e-5, rtol=1e-5)
+
+    # Trained padding-free, the loss and gradients are those of the padded batch (the same 17 targets).
+    losses, grads = [], []
+    for inputs in (
+        dict(input_ids=packed["input_ids"], position_ids=packed["position_ids"], labels=packed["labels"]),
+        dict(input_ids=padded, attention_mask=mask, labels=padded.masked_fill(mask == 0, -100)),
+    ):
+        model.zero_grad()
+        loss = model(**inputs, use_cache=False).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
+    for packed_grad, padded_grad in zip(*grads, strict=True):
+        torch.testing.assert_close(packed_grad, padded_grad, atol=1e-5, rtol=1e-4)
+
+
 def test_beam_search_reorders_lstm_state():
     """Beams that swap places must take their LSTM state with them: cached beams equal uncached ones."""
     model = tiny_lm(use_lstm=True, seed=3)
