@@ -427,12 +427,10 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
         if attn_implementation != config._attn_implementation:
             mask_config = copy.copy(config)
             mask_config._attn_implementation = attn_implementation
+        # The cache goes by position: Transformers 5.24 renamed the argument (past_key_values -> cache)
+        # and warns for the old name, which 5.23, the pinned release, still requires.
         causal_mask = create_causal_mask(
-            config=mask_config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
+            mask_config, inputs_embeds, attention_mask, past_key_values, position_ids
         )
 
         all_hidden_states = () if output_hidden_states else None
