@@ -384,6 +384,7 @@ def load_text_dataset(
     seed: int = 0,
     cache_dir: str | None = None,
     keep_linebreaks: bool = True,
+    check: Callable[[DatasetDict], DatasetDict] | None = None,
 ) -> DatasetDict:
     """Loads raw examples as a DatasetDict with train and validation (and any test) splits.
 
@@ -391,7 +392,8 @@ def load_text_dataset(
     ``builtin:``) or anything ``datasets.load_dataset`` accepts (a Hub id, a local dataset folder).
     Otherwise ``train_file`` (and optionally ``validation_file``, ``test_file``) are local .txt, .csv,
     .json, .jsonl or .parquet files; a .txt file gives one ``text`` row per line. When there is no
-    validation split, ``validation_split_percentage`` % of train is carved out with ``seed``.
+    validation split, ``validation_split_percentage`` % of train is carved out with ``seed``, after
+    ``check`` (e.g. ``check_cells``) has seen the rows in their file's order.
 
     Raises:
         DataError: a missing, empty or unsupported file, an unknown dataset, or an empty split.
@@ -420,6 +422,8 @@ def load_text_dataset(
     for split, dataset in raw.items():
         if len(dataset) == 0:
             raise DataError(f"The {split} split of {described} is empty; it must hold at least one example.")
+    if check is not None:  # before a validation split is carved, so that rows keep the file's numbers
+        raw = check(raw)
     if "validation" not in raw:
         raw = add_validation_split(raw, validation_split_percentage, seed)
     return raw
@@ -440,6 +444,56 @@ def check_columns(dataset: Dataset | DatasetDict, required: list[str]) -> None:
                     f"{', '.join(repr(c) for c in columns) or '(none)'}. Pass the column to use with the "
                     "matching *_column argument."
                 )
+
+
+def _is_text_feature(feature) -> bool:
+    return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
+
+
+def check_cells(
+    raw: DatasetDict,
+    text_columns: Sequence[str],
+    label_column: str | None = None,
+    places: dict[str, str] | None = None,
+) -> tuple[DatasetDict, dict[str, int]]:
+    """Checks the cells a task reads; returns the rows kept and how many were dropped per split.
+
+    A text column must hold text (a DataError names the column, the type found and the first row). A row
+    whose text is empty or missing says nothing and is dropped, with a count; a row whose label is
+    missing cannot be guessed, so it stops the run with its row number. ``places`` names each split's
+    source for the messages (a file, a dataset); rows count from 1, as a spreadsheet shows data rows.
+    """
+    places = places or {}
+    kept, dropped = {}, {}
+    for split, dataset in raw.items():
+        place = places.get(split, f"the {split} split")
+        for column in text_columns:
+            feature = dataset.features[column]
+            if not _is_text_feature(feature):
+                found = getattr(feature, "dtype", type(feature).__name__)
+                first = next((v for v in dataset[column] if v is not None), None)
+                raise DataError(
+                    f"Column {column!r} of {place} holds {found} values, not text (row 1: {first!r}); point "
+                    "the *_column_name argument at the column that holds the text."
+                )
+        if label_column is not None:
+            for row, label in enumerate(dataset[label_column], start=1):
+                if label is None or (isinstance(label, str) and not label.strip()):
+                    raise DataError(
+                        f"Row {row} of {place} has no {label_column!r} (an empty cell); fill in its class "
+                        "or remove the row."
+                    )
+        empty = [
+            row
+            for row, texts in enumerate(zip(*(dataset[c] for c in text_columns), strict=True))
+            if any(text is None or not text.strip() for text in texts)
+        ]
+        if empty:
+            dataset = dataset.select(sorted(set(range(len(dataset))) - set(empty)))
+            if len(dataset) == 0:
+                raise DataError(f"Every row of {place} has an empty {' or '.join(map(repr, text_columns))}.")
+        kept[split], dropped[split] = dataset, len(empty)
+    return DatasetDict(kept), dropped
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -513,7 +513,21 @@ def dataset_source(data_args: DataTrainingArguments) -> str | None:
 
 def load_raw_dataset(data_args: DataTrainingArguments, seed: int) -> DatasetDict:
     """Train and validation rows, capped by --max_train_samples/--max_eval_samples."""
+
+    def check(raw: DatasetDict) -> DatasetDict:
+        data.check_columns(raw, task_columns(data_args))
+        label_column = data_args.label_column_name if data_args.task == "classification" else None
+        text_columns = [column for column in task_columns(data_args) if column != label_column]
+        raw, dropped = data.check_cells(raw, text_columns, label_column, data_places(data_args))
+        for split, count in dropped.items():
+            if count and data_args.task != "lm":  # a text file's blank lines are no news for a language model
+                logger.warning(
+                    "Dropped %d row(s) of the %s split whose text is empty or missing.", count, split
+                )
+        return raw
+
     raw = data.load_text_dataset(
+        check=check,
         dataset_name=dataset_source(data_args),
         dataset_config_name=data_args.dataset_config_name,
         train_file=data_args.train_file,
@@ -527,6 +541,19 @@ def load_raw_dataset(data_args: DataTrainingArguments, seed: int) -> DatasetDict
         if limit is not None:
             splits[split] = splits[split].select(range(min(limit, len(splits[split]))))
     return DatasetDict(splits)
+
+
+def data_places(data_args: DataTrainingArguments) -> dict[str, str]:
+    """How the messages name each split's source: its file, or the dataset."""
+    if data_args.train_file:
+        validation = (
+            f"the validation file {data_args.validation_file!r}"
+            if data_args.validation_file
+            else f"the validation rows carved from the train file {data_args.train_file!r}"
+        )
+        return {"train": f"the train file {data_args.train_file!r}", "validation": validation}
+    name = dataset_source(data_args)
+    return {split: f"the {split} split of the dataset {name!r}" for split in ("train", "validation")}
 
 
 def task_columns(data_args: DataTrainingArguments) -> list[str]:
@@ -546,6 +573,13 @@ def encode_labels(raw: DatasetDict, label_column: str) -> tuple[DatasetDict, lis
         raise data.DataError(
             f"Classification needs at least two classes, but the training labels in {label_column!r} hold "
             f"only one ({only}); check --label_column_name or the data."
+        )
+    unseen = sorted({int(label) for label in raw["validation"][label_column]} - set(seen))
+    if unseen:
+        raise data.DataError(
+            f"The validation labels {', '.join(repr(names[i]) for i in unseen)} in {label_column!r} never "
+            "appear in the training split, so the classifier cannot learn them; add training rows with "
+            "them or remove those validation rows."
         )
     return raw, names
 
@@ -976,7 +1010,6 @@ def prepare_data(args: Arguments, checkpoint: str | None) -> PreparedData:
     model_args, data_args, training_args = args.model, args.data, args.training
     with training_args.main_process_first(desc="loading the dataset"):
         raw = load_raw_dataset(data_args, training_args.seed)
-    data.check_columns(raw, task_columns(data_args))
     label_names = None
     if data_args.task == "classification":
         raw, label_names = encode_labels(raw, data_args.label_column_name)

@@ -96,6 +96,25 @@ def text_files(tmp_path_factory) -> dict[str, Path]:
         csv.writer(f).writerows([["text", "label"]] + [[text, "pos"] for text in reviews[:40]])
     paths["empty_txt"] = folder / "empty.txt"
     paths["empty_txt"].write_text("")
+    # Ordinary defects of hand-made files.
+    labelled = [[text, "good" if i % 2 else "bad"] for i, text in enumerate(reviews[:40])]
+    defects = {
+        "empty_label_csv": [row if i != 4 else [row[0], ""] for i, row in enumerate(labelled)],
+        "numbers_csv": [[str(1000 + i), row[1]] for i, row in enumerate(labelled)],
+        "empty_text_csv": [row if i not in (2, 7) else ["", row[1]] for i, row in enumerate(labelled)],
+        "unseen_label_valid_csv": [row if i != 3 else [row[0], "meh"] for i, row in enumerate(labelled)],
+    }
+    for name, rows in defects.items():
+        paths[name] = folder / f"{name}.csv"
+        with paths[name].open("w", newline="") as f:
+            csv.writer(f).writerows([["text", "label"], *rows])
+    paths["null_text_jsonl"] = folder / "null_text.jsonl"
+    paths["null_text_jsonl"].write_text(
+        "\n".join(
+            json.dumps({"text": None if i == 1 else text, "label": label})
+            for i, (text, label) in enumerate(labelled)
+        )
+    )
     return paths
 
 
@@ -492,6 +511,45 @@ def test_bad_data_files_stop_with_one_clear_message(case, message, text_files, t
     assert train.main(tiny(tmp_path / "out", "--train_file", str(text_files[case]), *task)) == 1
     assert_stopped_with(capsys, message)
     assert_no_model(tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("train_file", "validation", "message"),
+    [
+        ("empty_label_csv", None, "Row 5 of the train file '{train}' has no 'label' (an empty cell)"),
+        (
+            "numbers_csv",
+            None,
+            "Column 'text' of the train file '{train}' holds int64 values, not text (row 1: 1000)",
+        ),
+        (
+            "empty_text_csv",
+            "unseen_label_valid_csv",
+            "The validation labels 'meh' in 'label' never appear in the training",
+        ),
+    ],
+)
+def test_defects_of_classification_files_stop_with_the_row_or_column(
+    train_file, validation, message, text_files, tmp_path, capsys
+):
+    files = ["--train_file", str(text_files[train_file])]
+    if validation:
+        files += ["--validation_file", str(text_files[validation])]
+    assert train_main_classification(tmp_path / "out", files) == 1
+    assert_stopped_with(capsys, message.format(train=files[1]))
+    assert_no_model(tmp_path / "out")
+
+
+@pytest.mark.parametrize("name", ["empty_text_csv", "null_text_jsonl"])
+def test_rows_with_empty_or_missing_text_are_dropped_with_a_count(name, text_files, tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        assert train_main_classification(tmp_path / "out", ["--train_file", str(text_files[name])]) == 0
+    dropped = 2 if name == "empty_text_csv" else 1
+    assert f"Dropped {dropped} row(s) of the train split whose text is empty or missing" in caplog.text
+
+
+def train_main_classification(output_dir, files) -> int:
+    return train.main(tiny(output_dir, "--task", "classification", "--max_steps", "2", *files))
 
 
 def test_bad_preset_stops_with_one_clear_message(tmp_path, capsys):
