@@ -84,7 +84,7 @@ from .modeling_memory_transformer import (
     MemoryTransformerForSequenceClassification,
 )
 from .tokenization import MIN_VOCAB_SIZE, train_tokenizer
-from .training_log import ProgressCallback
+from .training_log import LOG_FILE, ProgressCallback
 
 logger = logging.getLogger(__name__)
 
@@ -445,7 +445,23 @@ def find_checkpoint(args: Arguments) -> str | None:
             f"--output_dir {output_dir!r} already holds a run; pass --resume to continue it, "
             "--overwrite_output_dir to start afresh there, or choose another --output_dir."
         )
+    others = foreign_entries(output_dir)
+    if not previous and others and not run_args.overwrite_output_dir:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise ValueError(
+            f"--output_dir {output_dir!r} is not empty and holds no run of this trainer ({shown}); the model "
+            "would be written among those files, its card replacing any README.md. Choose a new or empty "
+            "folder, or pass --overwrite_output_dir to write there anyway."
+        )
     return None
+
+
+def foreign_entries(output_dir: str) -> list[str]:
+    """The names in ``output_dir`` that a run of this trainer did not write (sorted; [] if none)."""
+    if not os.path.isdir(output_dir):
+        return []
+    ours = re.compile(r"checkpoint-\d+|runs|" + re.escape(LOG_FILE))
+    return sorted(name for name in os.listdir(output_dir) if not ours.fullmatch(name))
 
 
 def finished_run_metrics(args: Arguments) -> dict | None:

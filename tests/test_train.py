@@ -548,6 +548,20 @@ def test_rows_with_empty_or_missing_text_are_dropped_with_a_count(name, text_fil
     assert f"Dropped {dropped} row(s) of the train split whose text is empty or missing" in caplog.text
 
 
+def test_a_folder_of_other_files_is_refused_unless_overwrite_is_asked(tmp_path, capsys):
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    (clone / "README.md").write_text("my project\n")
+    (clone / "src").mkdir()
+    assert train.main(tiny(clone, "--max_steps", "1")) == 1
+    assert_stopped_with(
+        capsys, f"--output_dir {str(clone)!r} is not empty and holds no run of this trainer (README.md, src)"
+    )
+    assert (clone / "README.md").read_text() == "my project\n" and not (clone / "config.json").exists()
+    assert train.main(tiny(clone, "--max_steps", "1", "--overwrite_output_dir")) == 0
+    assert (clone / "config.json").is_file()
+
+
 def train_main_classification(output_dir, files) -> int:
     return train.main(tiny(output_dir, "--task", "classification", "--max_steps", "2", *files))
 
