@@ -1073,6 +1073,13 @@ def final_metrics(trainer: Trainer, train_metrics: dict, args: Arguments, prepar
     return metrics
 
 
+def logging_steps_given(args: Arguments) -> bool:
+    """Whether --logging_steps was chosen (on the command line or in the preset), not left at 500."""
+    if any(arg == "--logging_steps" or arg.startswith("--logging_steps=") for arg in args.argv):
+        return True
+    return bool(args.run.preset) and "logging_steps" in read_preset(args.run.preset, make_parser())
+
+
 def run(args: Arguments, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, float]:
     """Trains, evaluates and writes the finished folder; returns the metrics (as in all_results.json).
 
@@ -1109,7 +1116,7 @@ def run(args: Arguments, callbacks: Sequence[TrainerCallback] = ()) -> dict[str,
         training_args.world_size,
     )
     # After the throughput callback: the progress log and its CSV row include tokens/s.
-    progress = ProgressCallback(training_args.output_dir)
+    progress = ProgressCallback(training_args.output_dir, adapt_logging=not logging_steps_given(args))
     trainer_callbacks = [stop_on_nan, throughput, progress, *callbacks]
     if run_args.early_stopping_patience is not None:
         trainer_callbacks.append(EarlyStoppingCallback(run_args.early_stopping_patience))

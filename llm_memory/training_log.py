@@ -1,6 +1,7 @@
 """The progress of a long run: an ETA in the logs, a CSV of every logged value, and its curve as a PNG.
 
-``ProgressCallback`` adds to each training log the share done, the tokens seen and the time left
+``ProgressCallback`` logs a run at least LOGS_PER_RUN times when no interval was chosen, and adds to
+each training log the share done, the tokens seen and the time left
 (from the pace of this sitting, so a resumed run is not misjudged by the one before it), and appends
 the log to ``<output_dir>/training_log.csv``, a file that any tracker, spreadsheet or pandas reads. A
 resumed run first drops the rows past the checkpoint it resumes from, so the file never holds a step
@@ -27,6 +28,8 @@ from transformers import TrainerCallback
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "training_log.csv"
+# With adapt_logging, a run logs at least this many times (and at least every 500 steps, as by default).
+LOGS_PER_RUN = 50
 COLUMNS = (
     "step",
     "epoch",
@@ -58,14 +61,18 @@ class ProgressCallback(TrainerCallback):
     """Logs ``progress`` (0-1) and ``eta_seconds`` with each training log, prints one progress line, and
     appends every log (training and evaluation) to ``training_log.csv`` in the output folder."""
 
-    def __init__(self, output_dir: str):
+    def __init__(self, output_dir: str, adapt_logging: bool = False):
         self.path = Path(output_dir) / LOG_FILE
+        self.adapt_logging = adapt_logging
         self._start_time = None
         self._start_step = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._start_time = time.perf_counter()
         self._start_step = state.global_step  # nonzero when resuming
+        if self.adapt_logging and state.max_steps > 0:
+            # The Trainer's default interval (500 steps) would leave a short run without a single log.
+            state.logging_steps = max(1, min(state.logging_steps, math.ceil(state.max_steps / LOGS_PER_RUN)))
         if state.is_world_process_zero:
             self._keep_rows_up_to(state.global_step)
 

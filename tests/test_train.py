@@ -562,6 +562,29 @@ def test_a_folder_of_other_files_is_refused_unless_overwrite_is_asked(tmp_path, 
     assert (clone / "config.json").is_file()
 
 
+def test_a_run_without_a_logging_interval_still_logs_its_progress(text_files, tmp_path):
+    # No preset: the Trainer's default interval of 500 steps would log nothing in a 60-step run.
+    files = ["--train_file", str(text_files["train_txt"]), "--validation_file", str(text_files["valid_txt"])]
+    small = [
+        "--vocab_size",
+        "300",
+        "--hidden_size",
+        "16",
+        "--num_hidden_layers",
+        "1",
+        "--num_attention_heads",
+        "2",
+    ]
+    flags = [*small, "--intermediate_size", "32", "--max_position_embeddings", "32", "--max_steps", "60"]
+    assert (
+        train.main([*files, *flags, *QUIET, "--use_cpu", "true", "--output_dir", str(tmp_path / "run")]) == 0
+    )
+    history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
+    logged = [entry["step"] for entry in history if "loss" in entry]
+    assert logged == list(range(2, 61, 2))  # every ceil(60 / 50) = 2 steps
+    assert all("tokens_per_second" in entry for entry in history if "loss" in entry)
+
+
 def train_main_classification(output_dir, files) -> int:
     return train.main(tiny(output_dir, "--task", "classification", "--max_steps", "2", *files))
 
