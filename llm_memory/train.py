@@ -979,6 +979,10 @@ def save_final_model(
         )
         (staging / "README.md").write_text(build_model_card(card), encoding="utf-8")
         move_into_place(staging, output_dir)
+        # The finished folder is the model's repository: the Trainer's checkpoints served only to resume.
+        for entry in Path(output_dir).glob("checkpoint-*"):
+            if entry.is_dir():
+                shutil.rmtree(entry)
     trainer.accelerator.wait_for_everyone()
 
 

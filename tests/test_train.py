@@ -24,7 +24,7 @@ from transformers import (
     TrainerCallback,
 )
 
-from llm_memory import MemoryTransformerForCausalLM, push, train, training_log
+from llm_memory import MemoryTransformerForCausalLM, data, push, train, training_log
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.json")
@@ -148,6 +148,7 @@ def test_lm_run_writes_a_complete_hub_folder(lm_folder):
     ):
         assert (lm_folder / name).is_file(), name
     assert not (lm_folder / "training_args.bin").exists()
+    assert not list(lm_folder.glob("checkpoint-*"))  # the model's repository, not the run's checkpoints
     assert not train.staging_dir(str(lm_folder)).exists()
     push.check_folder(lm_folder)  # ready to upload
 
@@ -280,12 +281,16 @@ def test_command_line_overrides_the_preset(tmp_path):
 
 def test_encode_labels_gives_every_split_the_same_ids():
     raw = datasets.DatasetDict(
-        train=datasets.Dataset.from_dict({"label": ["pos", "neg", "pos"]}),
+        train=datasets.Dataset.from_dict({"label": ["pos", "neg", "mixed", "pos"]}),
         validation=datasets.Dataset.from_dict({"label": ["pos", "mixed"]}),
     )
     encoded, names = train.encode_labels(raw, "label")
     assert names == ["mixed", "neg", "pos"]
-    assert list(encoded["train"]["label"]) == [2, 1, 2] and list(encoded["validation"]["label"]) == [2, 0]
+    assert list(encoded["train"]["label"]) == [2, 1, 0, 2] and list(encoded["validation"]["label"]) == [2, 0]
+    # A class seen only in validation cannot be learned: it is refused, not added.
+    raw["validation"] = datasets.Dataset.from_dict({"label": ["pos", "sarcastic"]})
+    with pytest.raises(data.DataError, match="'sarcastic' in 'label' never appear in the training split"):
+        train.encode_labels(raw, "label")
 
 
 # ---------------------------------------------------------------------------------------------------
