@@ -300,22 +300,29 @@ def load_models(
     return models
 
 
+def source_name(path: str) -> str:
+    """How a page names a model: a Hub id as it is, a local folder by its own name only (the server's
+    paths are nobody else's business)."""
+    path = os.fspath(path)
+    return os.path.basename(os.path.normpath(path)) if os.path.isdir(path) else path
+
+
 def _load_models(model_path: str, classifier_path: str | None, summarizer_path: str | None) -> Models:
     lm, lm_tokenizer = _load(model_path, AutoModelForCausalLM, "model")
-    sources = {"model": str(model_path)}
+    sources = {"model": source_name(model_path)}
     classifier, classifier_tokenizer = None, None
     if classifier_path:
         classifier, classifier_tokenizer = _load(
             classifier_path, AutoModelForSequenceClassification, "classifier"
         )
-        sources["classifier"] = str(classifier_path)
+        sources["classifier"] = source_name(classifier_path)
     summarizer, summarizer_tokenizer = None, None
     if summarizer_path:
         summarizer, summarizer_tokenizer = _load(summarizer_path, AutoModelForCausalLM, "summarizer")
-        sources["summarizer"] = str(summarizer_path)
+        sources["summarizer"] = source_name(summarizer_path)
     elif is_summarizer(lm):
         summarizer, summarizer_tokenizer = lm, lm_tokenizer
-        sources["summarizer"] = str(model_path)
+        sources["summarizer"] = source_name(model_path)
     return Models(
         lm, lm_tokenizer, classifier, classifier_tokenizer, summarizer, summarizer_tokenizer, sources
     )

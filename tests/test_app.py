@@ -76,6 +76,16 @@ def client(server):
     return Client(server[0], verbose=False)
 
 
+def test_the_page_and_its_config_name_the_models_without_server_paths(server, checkpoints):
+    url, _ = server
+    for path in ("", "config"):
+        with urllib.request.urlopen(url + path, timeout=10) as response:
+            page = response.read().decode()
+        assert "model: `model`" in page or path == ""  # the folder's own name, in the header's markdown
+        for folder in checkpoints.values():
+            assert str(Path(folder).parent) not in page, path
+
+
 def test_each_endpoint_takes_text_first_and_defaults_for_the_rest(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert {"/generate", "/classify", "/summarize", "/attention"} <= set(endpoints)
