@@ -104,13 +104,25 @@ def slider(minimum: float, maximum: float, **kwargs) -> gr.Slider:
 
 @contextlib.contextmanager
 def user_errors():
-    """Turns an ``InputError`` into ``gr.Error``, which Gradio shows to the user and to API clients."""
+    """Turns every exception into ``gr.Error``, which Gradio shows to the user and to API clients: an
+    ``InputError`` says what to change in the input; anything else (a decoding process that died, a
+    model that failed) says what happened instead of Gradio's bare "error: null"."""
     try:
         yield
+    except gr.Error:
+        raise
     except InputError as err:
         # gr.Error renders HTML, and the message may quote the caller's input.
         raise gr.Error(
             html.escape(str(err), quote=False), title="Invalid input", print_exception=False
+        ) from err
+    except Exception as err:
+        message = str(err) or type(err).__name__
+        raise gr.Error(
+            html.escape(
+                f"{message} Try again; if it keeps failing, the server's log has the details.", quote=False
+            ),
+            title="The request failed",
         ) from err
 
 
@@ -472,7 +484,8 @@ def main(argv=None) -> None:
     # Gradio, which every full garbage collection would walk with all requests stalled. Frozen,
     # collections walk only what serving creates.
     gc.freeze()
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+    # show_error: an exception that no handler turned into a message still reaches the user as one.
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
 
 
 if __name__ == "__main__":

@@ -233,10 +233,10 @@ def add_memory_tab(
         return loaded[name]
 
     def handle(task, distance, seed, variant, model_name):
-        model, tokenizer = get(model_name or names[0])
-        if id(tokenizer) not in distractors:  # tokenized sentences are cached per tokenizer
-            distractors[id(tokenizer)] = as_distractors(distractor_texts, tokenizer)
         try:
+            model, tokenizer = get(model_name or names[0])
+            if id(tokenizer) not in distractors:  # tokenized sentences are cached per tokenizer
+                distractors[id(tokenizer)] = as_distractors(distractor_texts, tokenizer)
             result = run_memory_probe(
                 model,
                 tokenizer,
@@ -248,6 +248,10 @@ def add_memory_tab(
             )
         except ValueError as error:
             raise gr.Error(str(error)) from None
+        except Exception as error:  # a broken checkpoint, say: a message, not Gradio's "error: null"
+            raise gr.Error(
+                f"The probe failed: {error or type(error).__name__}", title="The request failed"
+            ) from error
         curves, note = benchmark_curves(task, results_dir)
         return (
             summary_markdown(result),
@@ -273,6 +277,9 @@ def add_memory_tab(
                 label=f"Distance (tokens, at most {MAX_DISTANCE})",
             )
             seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+            # The values go to run_memory_probe as sent: its check names the range for an API caller's
+            # NaN, text or 1e12 (Gradio's own check would only say "greater than maximum value").
+            distance.preprocess = seed.preprocess = lambda payload: payload
             variant = gr.Dropdown(list(VARIANTS), value="lstm", label="Memory across windows")
             model_name = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1)
         run_button = gr.Button("Run probe", variant="primary")

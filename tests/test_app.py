@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import gradio
+import gradio as gr
 import pytest
 from gradio_client import Client
 from test_inference import one_torch_thread, save_tiny_checkpoints  # noqa: F401  (an autouse fixture)
@@ -84,6 +85,17 @@ def test_the_page_and_its_config_name_the_models_without_server_paths(server, ch
         assert "model: `model`" in page or path == ""  # the folder's own name, in the header's markdown
         for folder in checkpoints.values():
             assert str(Path(folder).parent) not in page, path
+
+
+def test_any_failure_reaches_the_user_as_a_message():
+    app = load_app_module()
+    with pytest.raises(gr.Error) as error, app.user_errors():
+        raise RuntimeError("The decoding process stopped (exit code -9); the next request starts a new one.")
+    assert "The decoding process stopped (exit code -9)" in error.value.message
+    assert error.value.title == "The request failed"
+    with pytest.raises(gr.Error) as error, app.user_errors():
+        raise inference.InputError("top_k must be an integer from 0 to 200, got -5.")
+    assert error.value.title == "Invalid input"
 
 
 def test_each_endpoint_takes_text_first_and_defaults_for_the_rest(client):

@@ -122,9 +122,16 @@ def test_memory_tab_end_to_end(model, tokenizer, texts, tmp_path):
         ],
     }
     (tmp_path / "kv.json").write_text(json.dumps(report))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
     loaded = SimpleNamespace(lm=model, lm_tokenizer=tokenizer)  # what the demo app holds
     with gr.Blocks(analytics_enabled=False) as demo:
-        add_memory_tab(loaded, results_dir=tmp_path, distractor_texts=texts)
+        add_memory_tab(
+            {"tiny": (loaded.lm, loaded.lm_tokenizer), "broken": str(broken)},
+            results_dir=tmp_path,
+            distractor_texts=texts,
+        )
     demo.launch(prevent_thread_lock=True, quiet=True)
     try:
         client = Client(demo.local_url, verbose=False)
@@ -142,6 +149,17 @@ def test_memory_tab_end_to_end(model, tokenizer, texts, tmp_path):
         )
         assert "inside the question's window" in summary and attention is not None
         assert curves is None and "No benchmark results for `passkey`" in note
+
+        # Over HTTP, out of range and a broken checkpoint: messages, not "error: null"; then it serves.
+        for inputs, message in (
+            (("passkey", 1e12, 0, "lstm", "tiny"), "distance must be an integer from 1 to 4096"),
+            (("passkey", 64, 0, "lstm", "broken"), "The probe failed"),
+        ):
+            start = time.perf_counter()
+            with pytest.raises(Exception, match=message):
+                client.predict(*inputs, api_name="/memory")
+            assert time.perf_counter() - start < 5
+        assert "**Answer:**" in client.predict("passkey", 25, 0, "lstm", "tiny", api_name="/memory")[0]
     finally:
         demo.close()
 
