@@ -63,6 +63,7 @@ from .generation_settings import (
 )
 from .packed_linear import pack_linears
 from .tokenization import REPLACEMENT_CHAR, readable_pieces
+from .weights import LOAD_ERRORS, check_finite, describe_load_error
 
 if TYPE_CHECKING:
     from .decoder_process import DecoderProcess
@@ -209,9 +210,12 @@ def _load(path: str, auto_class, role: str):
     try:
         model = auto_class.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as err:
+        check_finite(model, path)
+    except LOAD_ERRORS as err:
         where = "folder" if os.path.isdir(path) else "folder or Hub model id"
-        raise ModelLoadError(f"Could not load the {role} from the {where} {path!r}: {err}", role) from err
+        raise ModelLoadError(
+            f"Could not load the {role} from the {where} {path!r}: {describe_load_error(path, err)}", role
+        ) from err
     if tokenizer.pad_token_id is None:  # GPT-2-style tokenizers: pad with eos, as generate() does
         tokenizer.pad_token = tokenizer.eos_token
     model.eval().requires_grad_(False)

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 import transformers
 from datasets import DatasetDict
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -85,6 +86,7 @@ from .modeling_memory_transformer import (
 )
 from .tokenization import MIN_VOCAB_SIZE, train_tokenizer
 from .training_log import LOG_FILE, ProgressCallback
+from .weights import check_finite, describe_load_error
 
 logger = logging.getLogger(__name__)
 
@@ -703,12 +705,17 @@ def build_model(
     if source is not None:
         # From a language model the classifier head is not in the checkpoint: the body loads, `score`
         # starts new; from a classifier with other classes, `score` is replaced.
-        return model_class.from_pretrained(
-            source,
-            attn_implementation=attn_implementation,
-            ignore_mismatched_sizes=task == "classification",
-            **head,
-        )
+        try:
+            model = model_class.from_pretrained(
+                source,
+                attn_implementation=attn_implementation,
+                ignore_mismatched_sizes=task == "classification",
+                **head,
+            )
+            check_finite(model, source)
+        except SafetensorError as err:
+            raise ValueError(f"Could not load {source!r}: {describe_load_error(source, err)}") from err
+        return model
     config = config_from_args(
         model_args,
         vocab_size=len(tokenizer),

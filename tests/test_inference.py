@@ -2,6 +2,7 @@
 summaries and attention at the level of readable pieces. Nothing is downloaded."""
 
 import math
+import shutil
 import threading
 import time
 
@@ -123,6 +124,32 @@ def test_missing_or_empty_model_folder_is_a_clear_error(tiny_checkpoints, tmp_pa
         inference.load_models(paths["model"], paths["classifier"], paths["summarizer"])
     assert info.value.role == role
     assert str(tmp_path / folder) in str(info.value)
+
+
+def corrupt_copy(folder, tmp_path, damage: str):
+    """A copy of a checkpoint folder whose weights are cut in half, or hold 4 KB of 0xff bytes (NaN)."""
+    copy = tmp_path / f"{damage}-copy"
+    shutil.copytree(folder, copy)
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        middle = len(data) // 2
+        data[middle : middle + 4096] = b"\xff" * 4096
+    weights.write_bytes(bytes(data))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [("truncated", "is truncated or corrupt"), ("nan", r"holds NaN or infinite values \(first in")],
+)
+def test_a_corrupt_weights_file_is_named_in_the_error(tiny_checkpoints, tmp_path, damage, message):
+    broken = corrupt_copy(tiny_checkpoints["classifier"], tmp_path, damage)
+    with pytest.raises(ModelLoadError, match=message) as info:
+        inference.load_models(tiny_checkpoints["model"], str(broken))
+    assert info.value.role == "classifier" and str(broken / "model.safetensors") in str(info.value)
 
 
 # --- input checks ------------------------------------------------------------------------------------

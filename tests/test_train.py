@@ -590,6 +590,17 @@ def test_a_run_without_a_logging_interval_still_logs_its_progress(text_files, tm
     assert all("tokens_per_second" in entry for entry in history if "loss" in entry)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "nan"])
+def test_init_from_a_corrupt_checkpoint_names_its_weights_file(damage, lm_folder, tmp_path, capsys):
+    from test_inference import corrupt_copy
+
+    broken = corrupt_copy(lm_folder, tmp_path, damage)
+    assert train.main(tiny(tmp_path / "out", "--init_from", str(broken), "--max_steps", "1")) == 1
+    message = "is truncated or corrupt" if damage == "truncated" else "holds NaN or infinite values"
+    assert_stopped_with(capsys, f"the weights file {str(broken / 'model.safetensors')!r} {message}")
+    assert_no_model(tmp_path / "out")
+
+
 def train_main_classification(output_dir, files) -> int:
     return train.main(tiny(output_dir, "--task", "classification", "--max_steps", "2", *files))
 
