@@ -46,6 +46,10 @@ DEFAULT_PORT = int(os.environ["LLM_MEMORY_PORT"]) if os.environ.get("LLM_MEMORY_
 # Jobs the queue runs at once. Generation requests are batched inside inference, so 16 generations at
 # once share their decoding steps; Gradio's default of 1 would serve users one after another.
 CONCURRENCY = int(os.environ.get("LLM_MEMORY_CONCURRENCY", "16"))
+# Jobs that may wait in the queue at once (beyond those running); one more is refused as "queue full".
+QUEUE_SIZE = int(os.environ.get("LLM_MEMORY_QUEUE_SIZE", "64"))
+# Largest upload Gradio's file route accepts: the app has no file inputs.
+MAX_FILE_SIZE = "1mb"
 # Seconds between two streamed updates of the generated text.
 STREAM_INTERVAL_S = float(os.environ.get("LLM_MEMORY_STREAM_INTERVAL_MS", "100")) / 1000
 # Torch threads per operation. Requests already run side by side on their own threads; each asking
@@ -440,7 +444,9 @@ def build_demo(models: Models, concurrency: int = CONCURRENCY) -> gr.Blocks:
                 memory_models["passkey fine-tuned"] = str(MEMORY_MODEL)
             memory_models["language model"] = (models.lm, models.lm_tokenizer)
             add_memory_tab(memory_models, results_dir=HERE / "bench" / "memory_results")
-    demo.queue(default_concurrency_limit=concurrency)
+    # A bounded queue: past QUEUE_SIZE waiting jobs a request is told the queue is full, rather than
+    # waiting minutes while the server's memory grows with every job held.
+    demo.queue(default_concurrency_limit=concurrency, max_size=QUEUE_SIZE)
     return demo
 
 
@@ -485,7 +491,14 @@ def main(argv=None) -> None:
     # collections walk only what serving creates.
     gc.freeze()
     # show_error: an exception that no handler turned into a message still reaches the user as one.
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+    # max_file_size: the app takes no files, but Gradio's upload route is open; this bounds it.
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        show_error=True,
+        max_file_size=MAX_FILE_SIZE,
+    )
 
 
 if __name__ == "__main__":

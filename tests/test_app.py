@@ -98,6 +98,17 @@ def test_any_failure_reaches_the_user_as_a_message():
     assert error.value.title == "Invalid input"
 
 
+def test_the_app_bounds_its_queue_and_uploads_and_shows_errors(server, monkeypatch):
+    app = load_app_module()
+    _, models = server
+    launched = {}
+    monkeypatch.setattr(app.inference, "load_models", lambda *args, **kwargs: models)
+    monkeypatch.setattr(app.gr.Blocks, "launch", lambda demo, **kwargs: launched.update(demo=demo, **kwargs))
+    app.main(["--port", "7999"])
+    assert launched["demo"]._queue.max_size == app.QUEUE_SIZE == 64
+    assert launched["max_file_size"] == "1mb" and launched["show_error"] is True
+
+
 def test_each_endpoint_takes_text_first_and_defaults_for_the_rest(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert {"/generate", "/classify", "/summarize", "/attention"} <= set(endpoints)
