@@ -324,6 +324,15 @@ def test_space_folder_matches_the_installed_gradio_and_the_pins():
     assert f"sdk_version: {gradio.__version__}" in front_matter
     for field in ("sdk: gradio", "app_file: app.py", "python_version:", "models:"):
         assert field in front_matter
+    # Every tab and endpoint of the app is listed, and the local start names the pinned Gradio.
+    app_source = (ROOT / "app.py").read_text(encoding="utf-8") + (
+        ROOT / "llm_memory" / "memory_tab.py"
+    ).read_text(encoding="utf-8")
+    for tab in re.findall(r'gr\.Tab\("([^"]+)"', app_source):
+        assert f"**{tab}**" in readme, tab
+    for endpoint in re.findall(r'api_name="([a-z]+)"', app_source):
+        assert f"`/{endpoint}`" in readme, endpoint
+    assert f"pip install -r requirements.txt gradio=={gradio.__version__}" in readme
     pins = dict(
         line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line
     )
