@@ -564,12 +564,11 @@ def load_raw_dataset(data_args: DataTrainingArguments, seed: int) -> DatasetDict
 def data_places(data_args: DataTrainingArguments) -> dict[str, str]:
     """How the messages name each split's source: its file, or the dataset."""
     if data_args.train_file:
-        validation = (
-            f"the validation file {data_args.validation_file!r}"
-            if data_args.validation_file
-            else f"the validation rows carved from the train file {data_args.train_file!r}"
-        )
-        return {"train": f"the train file {data_args.train_file!r}", "validation": validation}
+        # Cells are checked before a validation split is carved from train, so only given files appear.
+        return {
+            "train": f"the train file {data_args.train_file!r}",
+            "validation": f"the validation file {data_args.validation_file!r}",
+        }
     name = dataset_source(data_args)
     return {split: f"the {split} split of the dataset {name!r}" for split in ("train", "validation")}
 
