@@ -207,9 +207,11 @@ def test_output_attentions_on_every_backend():
     torch.testing.assert_close(sdpa.logits, eager.logits, atol=1e-5, rtol=1e-5)
 
 
+# Without a cache (as the Trainer runs), a right-padded batch takes the LSTM's unpacked path.
+@pytest.mark.parametrize("use_cache", [True, False])
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
-def test_padded_batch_equals_each_sequence_alone(padding_side, position_embedding_type):
+def test_padded_batch_equals_each_sequence_alone(padding_side, position_embedding_type, use_cache):
     model = tiny_lm(use_lstm=True, position_embedding_type=position_embedding_type)
     lengths = [11, 6, 3]
     sequences = [random_ids(1, n, seed=n)[0] for n in lengths]
@@ -220,7 +222,7 @@ def test_padded_batch_equals_each_sequence_alone(padding_side, position_embeddin
         span = slice(width - len(seq), width) if padding_side == "left" else slice(0, len(seq))
         ids[row, span], mask[row, span] = seq, 1
     with torch.no_grad():
-        batched = model(ids, attention_mask=mask).logits
+        batched = model(ids, attention_mask=mask, use_cache=use_cache).logits
         for row, seq in enumerate(sequences):
             alone = model(seq[None]).logits[0]
             torch.testing.assert_close(batched[row][mask[row].bool()], alone, atol=1e-5, rtol=1e-5)

@@ -51,6 +51,9 @@ class MemoryTransformerConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
     use_cache: bool = True
+    # The classifier's logits are divided by this temperature, fitted on validation data after training
+    # (llm_memory.calibration), so that its softmax gives calibrated probabilities. 1.0: not calibrated.
+    classifier_temperature: float = 1.0
     tie_word_embeddings: bool = True
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
@@ -111,6 +114,10 @@ class MemoryTransformerConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
         if self.layer_norm_eps <= 0:
             raise ValueError(f"`layer_norm_eps` must be positive, got {self.layer_norm_eps!r}.")
+        if not self.classifier_temperature > 0:
+            raise ValueError(
+                f"`classifier_temperature` must be positive, got {self.classifier_temperature!r}."
+            )
         if self.rope_theta <= 0:
             raise ValueError(f"`rope_theta` must be positive, got {self.rope_theta!r}.")
 

@@ -173,7 +173,10 @@ class MemoryTransformerLSTMMemory(nn.Module):
     """Residual LSTM over the contextual embeddings: x + W·LSTM(ln(x)).
 
     Pad tokens are skipped, not fed: each row's real tokens are packed to the front, run as a packed
-    sequence, and put back, so a padded row's state and outputs equal those of the row alone.
+    sequence, and put back, so a padded row's state and outputs equal those of the row alone. A row
+    that packs several sequences (``resets`` marks where each after the first begins, as position ids
+    that restart show it) runs each from a fresh state, as if it were alone; the row's state after it
+    is its last sequence's.
     """
 
     def __init__(self, config: MemoryTransformerConfig):
@@ -190,13 +193,24 @@ class MemoryTransformerLSTMMemory(nn.Module):
         hidden_states: torch.Tensor,
         token_mask: torch.Tensor | None,
         state: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        resets: torch.Tensor | None = None,
+        keep_state: bool = True,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """``keep_state=False`` (no cache to store it in) returns no state, which allows a faster path."""
         x = self.norm(hidden_states)
+        if resets is not None:
+            memory, new_state = self._segmented(x, token_mask, state, resets)
+            return hidden_states + self.dropout(self.out_proj(memory)), new_state
         no_padding = token_mask is None or bool(token_mask.all())
         if no_padding and x.shape[1] == 1:
             memory, new_state = self._step(x[:, 0], state)
         elif no_padding:
             memory, new_state = self.lstm(x, state)
+        elif not keep_state and bool((token_mask[:, 1:] <= token_mask[:, :-1]).all()):
+            # Padding on the right only, as in training batches: the pads come after every real token,
+            # so the fused kernel over the whole row gives the real tokens' outputs exactly; only the
+            # state after the row would differ, and it is not kept. Packing costs ~1.6x the step.
+            memory, new_state = self.lstm(x, state)[0] * token_mask[..., None], None
         else:
             memory, new_state = self._packed(x, token_mask, state)
         return hidden_states + self.dropout(self.out_proj(memory)), new_state
@@ -241,6 +255,42 @@ class MemoryTransformerLSTMMemory(nn.Module):
             c = torch.where(empty[None, :, None], c0, c)
         return memory, (h, c)
 
+    def _segmented(self, x, token_mask, state, resets):
+        """Each packed sequence of each row as a row of its own: the first starts from the row's
+        state, the others from zeros; outputs go back in place."""
+        batch_size, seq_len, hidden = x.shape
+        mask = token_mask if token_mask is not None else torch.ones_like(resets)
+        segments = []  # (row, start, end)
+        for row in range(batch_size):
+            starts = [0, *resets[row].nonzero().flatten().tolist()]
+            segments += [(row, start, end) for start, end in zip(starts, [*starts[1:], seq_len], strict=True)]
+        longest = max(end - start for _, start, end in segments)
+        pad = torch.nn.functional.pad
+        inputs = torch.stack(
+            [pad(x[row, start:end], (0, 0, 0, longest - end + start)) for row, start, end in segments]
+        )
+        masks = torch.stack(
+            [pad(mask[row, start:end], (0, longest - end + start)) for row, start, end in segments]
+        )
+        initial = None
+        if state is not None:
+            first = torch.tensor([start == 0 for _, start, _ in segments], device=x.device)
+            rows = torch.tensor([row for row, _, _ in segments], device=x.device)
+            initial = tuple(
+                torch.where(first[None, :, None], s[:, rows], torch.zeros_like(s[:, rows])) for s in state
+            )
+        memory, (h, c) = self._packed(inputs, masks.bool(), initial)
+        output = torch.cat(
+            [
+                torch.cat(
+                    [memory[i, : end - start] for i, (r, start, end) in enumerate(segments) if r == row]
+                )
+                for row in range(batch_size)
+            ]
+        ).view(batch_size, seq_len, hidden)
+        last = [max(i for i, (r, _, _) in enumerate(segments) if r == row) for row in range(batch_size)]
+        return output, (h[:, last], c[:, last])
+
 
 # Every head is named in a saved folder's `auto_map`, so one folder serves all Auto classes.
 AUTO_MAP = {
@@ -262,6 +312,14 @@ class MemoryTransformerPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+
+    @property
+    def _is_stateful(self) -> bool:
+        """With the LSTM the model carries a recurrent state that cannot be rolled back to an earlier
+        token, so ``generate()`` refuses assisted and prompt-lookup decoding with Transformers' own
+        error for stateful models (as for Mamba); without it, the cache is attention's alone and both
+        work. A 6M-parameter model gains little from a draft model, so the state is not snapshotted."""
+        return bool(self.config.use_lstm)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
@@ -336,15 +394,21 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
             past_key_values = DynamicCache(config=config)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         padding_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        given_positions = position_ids is not None
         if position_ids is None:
             position_ids = self._position_ids(padding_mask, past_length, seq_len, inputs_embeds.device)
 
         hidden_states = inputs_embeds
         rotary = None
         if config.position_embedding_type == "learned":
-            if past_length + seq_len > config.max_position_embeddings:
+            # The positions, not the columns: a left-padded row of a batch counts only its own tokens.
+            # Positions never outnumber columns, so they are read (a device sync) only when those do.
+            if (
+                past_length + seq_len > config.max_position_embeddings
+                and (tokens := int(position_ids.max()) + 1) > config.max_position_embeddings
+            ):
                 raise ValueError(
-                    f"{past_length + seq_len} tokens exceed max_position_embeddings="
+                    f"{tokens} tokens exceed max_position_embeddings="
                     f"{config.max_position_embeddings} of this model (learned positions): shorten the input, "
                     "or score long text window by window with the LSTM state carried over."
                 )
@@ -370,12 +434,10 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
         if attn_implementation != config._attn_implementation:
             mask_config = copy.copy(config)
             mask_config._attn_implementation = attn_implementation
+        # The cache goes by position: Transformers 5.24 renamed the argument (past_key_values -> cache)
+        # and warns for the old name, which 5.23, the pinned release, still requires.
         causal_mask = create_causal_mask(
-            config=mask_config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
+            mask_config, inputs_embeds, attention_mask, past_key_values, position_ids
         )
 
         all_hidden_states = () if output_hidden_states else None
@@ -406,10 +468,17 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
                     recurrent.recurrent_states[i].transpose(0, 1).clone(memory_format=torch.contiguous_format)
                     for i in (0, 1)
                 )
-            hidden_states, (h, c) = self.memory(hidden_states, token_mask, state)
+            resets = (
+                self._sequence_starts(position_ids, token_mask) if given_positions and seq_len > 1 else None
+            )
+            if resets is not None:
+                resets = resets.expand(hidden_states.shape[0], -1)
+            hidden_states, new_state = self.memory(
+                hidden_states, token_mask, state, resets, keep_state=recurrent is not None
+            )
             if recurrent is not None:
-                recurrent.update_recurrent_state(h.transpose(0, 1), state_idx=0)
-                recurrent.update_recurrent_state(c.transpose(0, 1), state_idx=1)
+                recurrent.update_recurrent_state(new_state[0].transpose(0, 1), state_idx=0)
+                recurrent.update_recurrent_state(new_state[1].transpose(0, 1), state_idx=1)
 
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
@@ -421,6 +490,17 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
             attentions=all_attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _sequence_starts(position_ids, token_mask) -> torch.Tensor | None:
+        """(B, T) True where a packed sequence begins after the first (its position does not follow the
+        one before, between two real tokens, as DataCollatorWithFlattening writes them); None if none."""
+        restart = position_ids[:, 1:] <= position_ids[:, :-1]
+        if token_mask is not None:
+            restart = restart & token_mask[:, 1:] & token_mask[:, :-1]
+        if not bool(restart.any()):
+            return None
+        return torch.nn.functional.pad(restart, (1, 0))
 
     @staticmethod
     def _position_ids(padding_mask, past_length, seq_len, device):
@@ -505,7 +585,10 @@ class MemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, GenerationM
 
 
 class MemoryTransformerForSequenceClassification(MemoryTransformerPreTrainedModel):
-    """Classifies from the last real token, which has read the whole text (and carries the LSTM state)."""
+    """Classifies from the last real token, which has read the whole text (and carries the LSTM state).
+
+    The logits are divided by ``config.classifier_temperature`` (fitted after training), so the
+    probabilities that ``pipeline("text-classification")`` reports are calibrated."""
 
     def __init__(self, config: MemoryTransformerConfig):
         super().__init__(config)
@@ -544,6 +627,7 @@ class MemoryTransformerForSequenceClassification(MemoryTransformerPreTrainedMode
         hidden_states = outputs.last_hidden_state
         last = last_token_index(input_ids, attention_mask, self.config.pad_token_id, hidden_states.shape[1])
         pooled_logits = self.score(hidden_states[torch.arange(hidden_states.shape[0]), last])
+        pooled_logits = pooled_logits / self.config.classifier_temperature
         loss = None
         if labels is not None:
             loss = self.loss_function(
