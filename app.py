@@ -86,6 +86,13 @@ SUMMARIZE_EXAMPLES = [
     "argue about money and about the future of the farm. By the end of the summer the farm is sold. "
     "The last scene shows the lake in winter, empty and quiet.",
 ]
+# What each sentence-salience method does; the default is the best on the docstring benchmark that the
+# loaded models allow (inference.default_summary_method; figures in docs/benchmarks.md).
+SUMMARY_METHODS_INFO = (
+    "summarizer: the sentences the summarization model finds likeliest as the summary (the default when "
+    "one is loaded: best on the benchmark) · lead: the first sentences (the default otherwise: it beats "
+    "the other two) · centroid: closeness to the document's mean embedding · attention: attention received"
+)
 ATTENTION_EXAMPLES = [
     "我喜欢编程",
     "The cat sat on the mat because it was tired.",
@@ -209,7 +216,7 @@ def classify(models: Models, text: str):
     return result.probabilities, result.highlights()
 
 
-def summarize(models: Models, text: str, num_sentences: int = 3, method: str = "centroid"):
+def summarize(models: Models, text: str, num_sentences: int = 3, method: str | None = None):
     with user_errors():
         _warn_cleaned(text)
         result = inference.summarize(models, text, num_sentences, method)
@@ -366,10 +373,10 @@ def summarize_tab(models: Models) -> None:
                 *inference.RANGES["num_sentences"], value=3, step=1, label="Sentences to pick"
             )
             method = gr.Radio(
-                list(inference.SUMMARY_METHODS),
-                value="centroid",
+                [m for m in inference.SUMMARY_METHODS if m != "summarizer" or models.summarizer is not None],
+                value=inference.default_summary_method(models),
                 label="Sentence salience",
-                info="centroid: closeness to the document's mean embedding · attention: attention received",
+                info=SUMMARY_METHODS_INFO,
             )
         run = gr.Button("Summarize", variant="primary")
         summary = gr.Textbox(

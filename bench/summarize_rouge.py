@@ -4,13 +4,19 @@
 
 Why these pairs: a docstring's first paragraph is a summary written by a person for the rest of it, the
 pairs are real text rather than synthetic, and they ship with every Python, so the benchmark runs
-offline and anyone can rerun it on the same data (``llm_memory.data.load_docstring_pairs``).
+offline and anyone can rerun it on the same data (``llm_memory.docstrings.load_docstring_pairs``).
 
-Each document is summarized by the sentences that the language model ranks highest (``centroid``: mean
-contextual embedding closest to the document's; ``attention``: most attention received), by its first
-sentences (lead-k, the usual strong baseline: docstrings often open with their point), and by k random
-sentences (seeded); with ``--summarizer``, also by the abstractive summarizer. The table gives the mean
-ROUGE-1, ROUGE-2 and ROUGE-L F1 (Lin, 2004; stemmed) of each against the reference.
+Each document is summarized by k sentences picked by each of the Summarize tab's methods
+(``inference.SUMMARY_METHODS``): ``summarizer``, the sentences the summarization-tuned checkpoint finds
+likeliest as the summary; ``lead``, the first sentences (lead-k, the usual strong baseline: docstrings
+often open with their point); ``centroid`` and ``attention``, those the language model ranks highest
+(mean contextual embedding closest to the document's; most attention received); and by k random
+sentences (seeded). With a summarizer (``--summarizer``, default ``checkpoints/summarizer``), also by
+its generated abstract. The table gives the mean ROUGE-1, ROUGE-2 and ROUGE-L F1 (Lin, 2004; stemmed)
+of each against the reference.
+
+The summarizer is trained on installed packages' docstrings (``package_docstrings``), never on these:
+they are that corpus's test split.
 """
 
 import argparse
@@ -28,7 +34,7 @@ from rouge_score import rouge_scorer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from llm_memory import inference  # noqa: E402
-from llm_memory.data import load_docstring_pairs  # noqa: E402
+from llm_memory.docstrings import load_docstring_pairs  # noqa: E402
 
 METRICS = ("rouge1", "rouge2", "rougeL")
 
@@ -42,7 +48,11 @@ def main():
     parser.add_argument(
         "--model", default=os.environ.get("LLM_MEMORY_MODEL", str(ROOT / "checkpoints/memory-lm"))
     )
-    parser.add_argument("--summarizer", default=os.environ.get("LLM_MEMORY_SUMMARIZER"))
+    embedded = ROOT / "checkpoints/summarizer"
+    parser.add_argument(
+        "--summarizer",
+        default=os.environ.get("LLM_MEMORY_SUMMARIZER") or (str(embedded) if embedded.is_dir() else None),
+    )
     parser.add_argument(
         "--num_sentences", type=int, default=1, help="k: the references are mostly one sentence."
     )
@@ -61,7 +71,8 @@ def main():
     pairs = load_docstring_pairs(max_pairs=args.max_pairs)
     scorer = rouge_scorer.RougeScorer(list(METRICS), use_stemmer=True)
     rng = random.Random(args.seed)
-    systems = ["lead", "random", *inference.SUMMARY_METHODS] + (["abstractive"] if models.summarizer else [])
+    methods = [m for m in inference.SUMMARY_METHODS if m != "summarizer" or models.summarizer is not None]
+    systems = ["random", *methods] + (["abstractive"] if models.summarizer is not None else [])
     scores = {system: {metric: [] for metric in METRICS} for system in systems}
     skipped = 0
     start = time.perf_counter()
@@ -73,21 +84,18 @@ def main():
             continue
         spans = inference.split_sentences(document)
         k = min(args.num_sentences, len(spans))
-        summaries = {
-            "lead": pick(document, spans, list(range(k))),
-            "random": pick(document, spans, rng.sample(range(len(spans)), k)),
-        }
-        for method in inference.SUMMARY_METHODS:
-            result = inference.summarize(models, document, k, method, abstractive=method == "centroid")
+        summaries = {"random": pick(document, spans, rng.sample(range(len(spans)), k))}
+        for method in methods:
+            result = inference.summarize(models, document, k, method, abstractive=method == methods[0])
             summaries[method] = result.extract
-            if method == "centroid" and result.abstract is not None:
+            if result.abstract is not None:
                 summaries["abstractive"] = result.abstract
         for system, summary in summaries.items():
             for metric, score in scorer.score(reference, summary).items():
                 scores[system][metric].append(score.fmeasure)
     seconds = time.perf_counter() - start
 
-    count = len(scores["lead"]["rouge1"])
+    count = len(scores["random"]["rouge1"])
     print(
         f"{count} docstring pairs ({skipped} skipped as too long) · k = {args.num_sentences} sentence(s) · "
         f"model {args.model} · {seconds:.0f} s\n"
@@ -101,7 +109,16 @@ def main():
         print(f"| {system:<11} | {values} |")
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"pairs": count, "k": args.num_sentences, "f1": table}, indent=2)
+            json.dumps(
+                {
+                    "pairs": count,
+                    "k": args.num_sentences,
+                    "model": Path(args.model).name,
+                    "summarizer": Path(args.summarizer).name if args.summarizer else None,
+                    "f1": table,
+                },
+                indent=2,
+            )
         )
 
 

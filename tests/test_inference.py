@@ -213,8 +213,8 @@ def test_attention_settings_out_of_range(models, kwargs, message):
 def test_summary_settings_out_of_range(models):
     with pytest.raises(InputError, match="num_sentences must be an integer from 1 to 10"):
         inference.summarize(models, "One. Two.", num_sentences=11)
-    with pytest.raises(InputError, match="method must be one of centroid, attention"):
-        inference.summarize(models, "One. Two.", method="lead")
+    with pytest.raises(InputError, match="method must be one of summarizer, lead, centroid, attention"):
+        inference.summarize(models, "One. Two.", method="salience")
 
 
 # --- generation --------------------------------------------------------------------------------------
@@ -874,9 +874,11 @@ def test_split_sentences():
 
 
 @pytest.mark.parametrize("method", inference.SUMMARY_METHODS)
-def test_summarize_picks_sentences_in_document_order(models, method):
+def test_summarize_picks_sentences_in_document_order(models_with_summarizer, method):
     document = " ".join(f"Sentence number {i} talks about topic {i % 3}." for i in range(12))
-    result = inference.summarize(models, document, num_sentences=3, method=method)
+    result = inference.summarize(
+        models_with_summarizer, document, num_sentences=3, method=method, abstractive=False
+    )
     assert len(result.picked) == 3 and result.picked == sorted(result.picked)
     assert len(result.scores) == len(result.sentences) == 12
     best = sorted(range(12), key=lambda i: -result.scores[i])[:3]
@@ -885,6 +887,39 @@ def test_summarize_picks_sentences_in_document_order(models, method):
     assert result.abstract is None
     assert "".join(text for text, _ in result.marked()) == document
     assert sum(label == "summary" for _, label in result.marked()) == 3
+
+
+def test_the_default_method_is_the_summarizer_when_one_is_loaded(models, models_with_summarizer):
+    document = "First. Second one. Third one here."
+    assert inference.summarize(models, document, 1).method == "lead"
+    assert inference.summarize(models, document, 1).picked == [0]
+    assert inference.summarize(models_with_summarizer, document, 1, abstractive=False).method == "summarizer"
+
+
+def test_the_summarizer_method_without_a_summarizer_says_how_to_load_one(models):
+    with pytest.raises(inference.InputError, match="start the app with --summarizer PATH"):
+        inference.summarize(models, "One. Two.", 1, method="summarizer")
+
+
+def test_summary_likelihood_is_each_sentence_scored_alone(models_with_summarizer):
+    """Batched and padded, each score equals the mean log-probability of the sentence and eos after
+    ``document <|sep|>``, computed for that sentence alone."""
+    models = models_with_summarizer
+    model, tokenizer = models.summarizer, models.summarizer_tokenizer
+    document = "A short one. " + " ".join(f"Then sentence {i} goes on for a while." for i in range(10))
+    spans = inference.split_sentences(document)
+    scores = inference.summary_likelihood(models, document, spans)
+    assert len(scores) == len(spans) > inference.SUMMARY_SCORE_BATCH  # more than one batch
+    sentences = [inference.encode(tokenizer, document[a:b]) for a, b in spans]
+    room = TINY_WINDOW - max(len(ids) for ids in sentences) - 2
+    prefix = inference.encode(tokenizer, document)[:room] + [tokenizer.sep_token_id]
+    for ids, score in zip(sentences, scores, strict=True):
+        target = ids + [tokenizer.eos_token_id]
+        with torch.no_grad():
+            logits = model(torch.tensor([prefix + target])).logits[0]
+        log_probs = torch.log_softmax(logits[len(prefix) - 1 : -1], dim=-1)
+        expected = log_probs[torch.arange(len(target)), torch.tensor(target)].mean()
+        assert score == pytest.approx(float(expected), abs=1e-4)
 
 
 def test_summarize_reads_a_document_longer_than_the_window(models):
