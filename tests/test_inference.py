@@ -5,6 +5,7 @@ import math
 import shutil
 import threading
 import time
+from functools import partial
 
 import numpy as np
 import plotly.graph_objects as go
@@ -256,11 +257,30 @@ def test_repeated_ngram_mask_bans_what_transformers_no_repeat_processor_bans(siz
     for row, pad in enumerate(pads.tolist()):
         ids[row, :pad] = 0
     banned = inference.repeated_ngram_mask(ids, size, pads, vocab)
+    # Word forms that are all distinct, and no whitespace, change nothing.
+    distinct = inference.WordForms(torch.arange(vocab), torch.zeros(vocab, dtype=torch.bool))
+    assert torch.equal(inference.repeated_ngram_mask(ids, size, pads, vocab, distinct), banned)
     processor = NoRepeatNGramLogitsProcessor(size)
     for row, pad in enumerate(pads.tolist()):
         real = ids[row : row + 1, pad:]
         expected = processor(real, torch.zeros(1, vocab))[0] == -math.inf
         assert torch.equal(banned[row], expected), (size, row)
+
+
+def test_word_forms_ban_a_repeat_across_case_and_line_breaks(tokenizer):
+    forms = inference.WordForms.of(tokenizer, len(tokenizer))
+    encode = partial(inference.encode, tokenizer)
+    assert forms.space[encode("\n")].all() and not forms.space[encode(" The")].any()
+    assert forms.ids[encode(" The")[-1]] == forms.ids[encode("The")[-1]] == forms.ids[encode(" the")[-1]]
+    text = "Yes. the film is a movie.\nThe film is"
+    ids = torch.tensor([encode(text)])
+    starts = torch.tensor([0])
+    banned = inference.repeated_ngram_mask(ids, 4, starts, len(tokenizer), forms)[0]
+    a = encode(" a")
+    assert len(a) == 1 and banned[a[0]]  # "the film is a" again, after a line break
+    assert banned[forms.ids == forms.ids[a[0]]].all()  # and every token of that form
+    assert banned.sum() == (forms.ids == forms.ids[a[0]]).sum()  # nothing else
+    assert not inference.repeated_ngram_mask(ids, 4, starts, len(tokenizer))[0, a[0]]  # tokens differ
 
 
 def test_greedy_tokens_repeat_no_4_gram_by_default(models):
