@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from .data import load_movie_reviews
+from .memory import windowed_classification_logits
 
 ECE_BINS = 15
 # T is searched in [e^-3, e^3]; a model needing more is broken, not over-confident.
@@ -67,29 +68,48 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+def predict_logits(
+    model, tokenizer, texts: Sequence[str], batch_size: int = 32, memory_windows: int = 1
+) -> torch.Tensor:
     """(N, C) logits as the model reports them (its current temperature applied), each text read as the
-    tokenizer truncates it to the model's window, as a pipeline with ``truncation=True`` does."""
+    tokenizer truncates it to the model's window, as a pipeline with ``truncation=True`` does; with
+    ``memory_windows`` > 1, up to that many windows, read one by one with the LSTM state carried."""
     window = model.config.max_position_embeddings
     model.eval()
+    padding_side = "left" if memory_windows > 1 else tokenizer.padding_side
     outputs = []
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(
             list(texts[start : start + batch_size]),
             truncation=True,
-            max_length=window,
+            max_length=window * memory_windows,
             padding=True,
+            padding_side=padding_side,
             return_tensors="pt",
         ).to(model.device)
-        outputs.append(model(**batch).logits.float().cpu())
+        if memory_windows > 1:
+            logits = windowed_classification_logits(
+                model, batch["input_ids"], batch["attention_mask"], window
+            )
+        else:
+            logits = model(**batch).logits
+        outputs.append(logits.float().cpu())
     return torch.cat(outputs)
 
 
-def calibrate(model, tokenizer, texts: Sequence[str], labels: Sequence[int], batch_size: int = 32) -> dict:
+def calibrate(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    batch_size: int = 32,
+    memory_windows: int = 1,
+) -> dict:
     """Fits the temperature on (texts, labels), sets it in ``model.config`` and returns the figures
-    before and after: temperature, ECE, negative log-likelihood and accuracy (which does not change)."""
+    before and after: temperature, ECE, negative log-likelihood and accuracy (which does not change).
+    ``memory_windows``: the texts are read as ``predict_logits`` reads them."""
     current = model.config.classifier_temperature
-    raw = predict_logits(model, tokenizer, texts, batch_size) * current
+    raw = predict_logits(model, tokenizer, texts, batch_size, memory_windows) * current
     labels = torch.tensor(list(labels))
     temperature = fit_temperature(raw, labels)
     model.config.classifier_temperature = temperature

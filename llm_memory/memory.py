@@ -242,3 +242,67 @@ class RecurrentTrainer(Trainer):
             tokens += out.num_tokens
         loss = loss_sum / max(tokens, 1)
         return (loss, {"loss": loss}) if return_outputs else loss
+
+
+def windowed_classification_logits(
+    model,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor | None = None,
+    window: int | None = None,
+    carry_state: bool = True,
+    bptt_windows: int | None = None,
+) -> torch.Tensor:
+    """(B, num_labels) of texts of any length read window by window, the LSTM state carried over.
+
+    The rows are left-padded, so that every text ends at the last column: windows are cut from the end
+    (the first may be shorter) and every text's last token is in the last window, whose logits (read at
+    each row's last token, by the head) are returned. A window that holds only padding for a row leaves
+    its state as it was. ``carry_state=False`` reads the last window alone. With ``bptt_windows=k`` the
+    carried state is detached every k windows (truncated back-propagation through time).
+    """
+    config = model.config
+    window = window or config.max_position_embeddings
+    _check(config, window, 0)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    elif bool((attention_mask[:, -1] == 0).any()):
+        raise ValueError(
+            "windowed_classification_logits reads left-padded rows: each must end with a real token."
+        )
+    length = input_ids.shape[1]
+    first = length - (length - 1) // window * window  # the first window's length, 1..window
+    bounds = [(0, first)] + [(start, start + window) for start in range(first, length, window)]
+    if not carry_state:
+        bounds = bounds[-1:]
+    cache = None
+    for index, (start, end) in enumerate(bounds):
+        detach = bptt_windows is not None and index % bptt_windows == 0
+        cache = carry_over(config, cache, 0, carry_state, detach)
+        out = model(
+            input_ids=input_ids[:, start:end],
+            attention_mask=attention_mask[:, start:end],
+            past_key_values=cache,
+            use_cache=True,
+        )
+    return out.logits
+
+
+class WindowedClassificationTrainer(Trainer):
+    """A Trainer for sequence classification whose texts (left-padded, up to several windows long) are
+    read window by window with the LSTM state carried, back-propagating through the carried state (for
+    ``bptt_windows`` windows at a time): the classifier learns to use what earlier windows held."""
+
+    def __init__(self, *args, window: int | None = None, bptt_windows: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.window, self.bptt_windows = window, bptt_windows
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logits = windowed_classification_logits(
+            model,
+            inputs["input_ids"],
+            inputs.get("attention_mask"),
+            self.window,
+            bptt_windows=self.bptt_windows,
+        )
+        loss = torch.nn.functional.cross_entropy(logits.float(), inputs["labels"])
+        return (loss, {"loss": loss, "logits": logits}) if return_outputs else loss

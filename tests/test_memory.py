@@ -9,10 +9,12 @@ from transformers import DynamicCache
 from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
 from llm_memory.memory import (
     RecurrentTrainer,
+    WindowedClassificationTrainer,
     chrono_init_,
     generate_long,
     score_document,
     shrink_window,
+    windowed_classification_logits,
     windowed_forward,
     windowed_logits,
 )
@@ -179,3 +181,93 @@ def test_shrink_window_keeps_the_first_positions():
     torch.testing.assert_close(model(ids).logits, before)
     with pytest.raises(ValueError, match="window must be in"):
         shrink_window(model, 9)
+
+
+# --- classification read window by window --------------------------------------------------------------
+
+
+def tiny_classifier(**overrides):
+    from llm_memory import MemoryTransformerForSequenceClassification
+
+    torch.manual_seed(0)
+    values = dict(
+        vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=WINDOW, num_labels=2, pad_token_id=0,
+    )  # fmt: skip
+    return MemoryTransformerForSequenceClassification(MemoryTransformerConfig(**(values | overrides))).eval()
+
+
+def left_padded(sequences):
+    width = max(len(s) for s in sequences)
+    ids = torch.zeros(len(sequences), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :], mask[row, width - len(seq) :] = seq, 1
+    return ids, mask
+
+
+def test_windowed_classification_of_a_batch_equals_each_text_alone():
+    model = tiny_classifier()
+    # One window short, several windows, a window and a bit: rows that are all padding in early windows.
+    sequences = [ids_of(n, batch=1, seed=n)[0] for n in (5, WINDOW * 3 + 2, WINDOW + 1)]
+    ids, mask = left_padded(sequences)
+    with torch.no_grad():
+        batched = windowed_classification_logits(model, ids, mask)
+        for row, seq in enumerate(sequences):
+            alone = windowed_classification_logits(model, seq[None])
+            torch.testing.assert_close(batched[row], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_windowed_classification_uses_earlier_windows_only_with_the_state():
+    model = tiny_classifier()
+    seq = ids_of(WINDOW * 3, batch=1)
+    other = seq.clone()
+    other[:, :WINDOW] = ids_of(WINDOW, batch=1, seed=7)  # a different first window, the same last two
+    with torch.no_grad():
+        carried = [windowed_classification_logits(model, s) for s in (seq, other)]
+        alone = [windowed_classification_logits(model, s, carry_state=False) for s in (seq, other)]
+        last_window = model(seq[:, -WINDOW:]).logits
+    assert not torch.allclose(carried[0], carried[1])  # the first window reaches the label
+    torch.testing.assert_close(alone[0], alone[1])  # read alone, the last window decides
+    torch.testing.assert_close(alone[0], last_window)
+
+
+def test_windowed_classification_gradients_reach_the_first_window_and_stay_finite():
+    model = tiny_classifier().train()
+    ids, mask = left_padded([ids_of(n, batch=1, seed=n)[0] for n in (3, WINDOW * 2 + 3)])
+    embeddings = []
+    hook = model.model.embed_tokens.register_forward_hook(
+        lambda m, i, out: out.retain_grad() or embeddings.append(out)
+    )
+    logits = windowed_classification_logits(model, ids, mask)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    hook.remove()
+    assert embeddings[0].grad[1].abs().sum() > 0  # the long text's first window
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_windowed_classification_refuses_right_padding():
+    model = tiny_classifier()
+    with pytest.raises(ValueError, match="left-padded"):
+        windowed_classification_logits(model, ids_of(4), torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]))
+
+
+def test_windowed_classification_trainer_trains_and_evaluates_through_the_windows(tmp_path):
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    # Labels from the first token, which only the carried state brings to the last window.
+    model = tiny_classifier().train()
+    ids = ids_of(WINDOW * 3, batch=64)
+    labels = (ids[:, 0] % 2).tolist()
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels})
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=16, max_steps=8, learning_rate=5e-3,
+        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+    )  # fmt: skip
+    trainer = WindowedClassificationTrainer(model=model, args=args, train_dataset=data, bptt_windows=3)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 8 and all(math.isfinite(loss) for loss in losses)
+    metrics = trainer.evaluate(data)
+    assert math.isfinite(metrics["eval_loss"])

@@ -202,6 +202,25 @@ def test_classification_from_an_lm_checkpoint_keeps_the_body(lm_folder, tmp_path
     assert not (tmp_path / "cls" / "generation_config.json").exists()
 
 
+def test_classification_reads_texts_window_by_window_with_memory_windows(lm_folder, tmp_path):
+    flags = ["--task", "classification", "--init_from", str(lm_folder), "--memory_windows", "3"]
+    assert train.main(tiny(tmp_path / "cls", *flags, "--block_size", "16")) == 0
+    metrics = results(tmp_path / "cls")
+    assert 0 <= metrics["eval_accuracy"] <= 1 and math.isfinite(metrics["eval_loss"])
+    assert metrics["eval_temperature"] > 0  # calibrated on windowed readings
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "cls")
+    # Training read up to 3 windows of 16 tokens, left-padded: the collator and the trainer saw them.
+    args = train.parse_args(tiny(tmp_path / "x", *flags, "--block_size", "16"))
+    prepared = train.prepare_data(args, None)
+    lengths = [len(ids) for ids in prepared.encoded["train"]["input_ids"]]
+    assert max(lengths) == 48 > 16
+    batch = train.data_collator("classification", prepared.tokenizer, 3)(
+        [prepared.encoded["train"][i] for i in range(4)]
+    )
+    assert bool(batch["attention_mask"][:, -1].all())  # left-padded: every row ends in the last column
+    assert model.config.num_labels == 2
+
+
 def test_summarization_scores_greedy_summaries_with_rouge(tmp_path):
     assert train.main(tiny(tmp_path / "sum", "--task", "summarization", "--dataset_name", "docstrings")) == 0
     metrics = results(tmp_path / "sum")
@@ -483,6 +502,13 @@ BAD_SETTINGS = {
         True,
     ),
     "resume without checkpoint": (["--resume"], "there is no complete checkpoint", True),
+    "memory windows for a language model": (["--memory_windows", "2"], "pass --task classification", True),
+    "memory windows without the LSTM": (
+        ["--memory_windows", "2", "--task", "classification", "--use_lstm", "false"],
+        "a model with the LSTM",
+        True,
+    ),
+    "no memory windows": (["--memory_windows", "0"], "--memory_windows must be from 1 to 16", True),
     "init_from not a model": (["--init_from", "/nonexistent/model"], "is not a model folder", True),
     "unknown built-in dataset": (["--dataset_name", "builtin:nope"], "Unknown built-in dataset", False),
     "unknown dataset": (
