@@ -50,6 +50,9 @@ CONCURRENCY = int(os.environ.get("LLM_MEMORY_CONCURRENCY", "16"))
 QUEUE_SIZE = int(os.environ.get("LLM_MEMORY_QUEUE_SIZE", "64"))
 # Largest upload Gradio's file route accepts: the app has no file inputs.
 MAX_FILE_SIZE = "1mb"
+# Sessions whose state Gradio keeps (oldest dropped first); its default of 10,000 lets REST callers grow
+# the server by ~0.22 MB each, to ~2 GB. The app keeps no state of its own between requests.
+SESSION_CAPACITY = 500
 # Seconds between two streamed updates of the generated text.
 STREAM_INTERVAL_S = float(os.environ.get("LLM_MEMORY_STREAM_INTERVAL_MS", "100")) / 1000
 # Torch threads per operation. Requests already run side by side on their own threads; each asking
@@ -499,12 +502,14 @@ def main(argv=None) -> None:
     gc.freeze()
     # show_error: an exception that no handler turned into a message still reaches the user as one.
     # max_file_size: the app takes no files, but Gradio's upload route is open; this bounds it.
+    # state_session_capacity: at most SESSION_CAPACITY sessions' state in memory.
     demo.launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,
         show_error=True,
         max_file_size=MAX_FILE_SIZE,
+        state_session_capacity=SESSION_CAPACITY,
     )
 
 

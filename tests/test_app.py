@@ -107,6 +107,7 @@ def test_the_app_bounds_its_queue_and_uploads_and_shows_errors(server, monkeypat
     app.main(["--port", "7999"])
     assert launched["demo"]._queue.max_size == app.QUEUE_SIZE == 64
     assert launched["max_file_size"] == "1mb" and launched["show_error"] is True
+    assert launched["state_session_capacity"] == app.SESSION_CAPACITY == 500
 
 
 def test_each_endpoint_takes_text_first_and_defaults_for_the_rest(client):

@@ -6,6 +6,7 @@ import os
 import queue
 import signal
 import threading
+from pathlib import Path
 
 import pytest
 from test_inference import one_torch_thread, save_tiny_checkpoints  # noqa: F401  (an autouse fixture)
@@ -52,6 +53,11 @@ def longest_request(models, prompt: str = "The movie was"):
 def test_load_models_starts_a_child_that_decodes(remote):
     assert isinstance(remote.batcher, DecoderProcess)
     assert remote.batcher.pid != os.getpid()
+
+
+def test_the_child_runs_with_a_fixed_mmap_threshold(remote):
+    environ = Path(f"/proc/{remote.batcher.pid}/environ").read_bytes().split(b"\0")
+    assert b"MALLOC_MMAP_THRESHOLD_=131072" in environ
 
 
 def test_texts_are_the_in_process_ones_alone_and_at_once(local, remote):
