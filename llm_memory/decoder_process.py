@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -29,6 +30,10 @@ from .inference import GenerationBatcher, GenerationSettings, ModelLoadError, _l
 # What a row reports to the parent: a token, its end, or its failure (with the message).
 TOKEN, END, FAILED = 0, 1, 2
 START_TIMEOUT_S = 300.0
+# A child with requests in hand that sends nothing for this long is frozen (stopped, deadlocked): it is
+# killed, its requests fail with a message that says so, and the next request starts another. It sends
+# after every decoding step, and a step, or the first pass over a batch's prompts, takes well under 1 s.
+STALL_TIMEOUT_S = float(os.environ.get("LLM_MEMORY_STALL_TIMEOUT_S", "30"))
 
 
 class _Outbox:
@@ -129,7 +134,7 @@ CHILD_ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 class _Child:
     """One child process, its pipe, and the parent's rows that it decodes."""
 
-    def __init__(self, model_path: str, torch_threads: int):
+    def __init__(self, model_path: str, torch_threads: int, stall_timeout_s: float = STALL_TIMEOUT_S):
         # A fresh interpreter that runs this module, with none of this one's threads or held locks
         # (multiprocessing's spawn would also run the parent's main script again).
         self.connection, child_connection = multiprocessing.Pipe()
@@ -147,7 +152,10 @@ class _Child:
         self.gone = False
         self.ready = threading.Event()  # loaded, failed to load, or gone
         self.failure: str | None = None
+        self.stall_timeout_s = stall_timeout_s
+        self.last_heard = time.monotonic()  # of the child's last message, or of a first row after quiet
         threading.Thread(target=self._read, name="decoder-reader", daemon=True).start()
+        threading.Thread(target=self._watch, name="decoder-watchdog", daemon=True).start()
 
     def send(self, message: tuple) -> bool:
         """Sends unless the child is gone; whether it was sent."""
@@ -160,6 +168,8 @@ class _Child:
 
     def submit(self, row: "_RemoteRow"):
         with self.lock:
+            if not self.rows:  # an idle child owes nothing: the wait starts now
+                self.last_heard = time.monotonic()
             self.rows[row.row_id] = row
         if not self.send(("submit", row.row_id, row.prompt_ids, row.settings)):
             row.fail(RuntimeError("The decoding process stopped; send the request again."))
@@ -169,6 +179,7 @@ class _Child:
         try:
             while True:
                 message = self.connection.recv()
+                self.last_heard = time.monotonic()
                 if message[0] == "ready":
                     self.ready.set()
                 elif message[0] == "failed":
@@ -188,6 +199,22 @@ class _Child:
         error = RuntimeError(f"The decoding process stopped ({reason}); send the request again.")
         for row in rows.values():
             row.fail(error)
+
+    def _watch(self):
+        """Kills a child that holds requests but has sent nothing for ``stall_timeout_s``; the reader
+        then fails its requests with that reason."""
+        while not self.gone:
+            time.sleep(min(1.0, self.stall_timeout_s / 4))
+            with self.lock:
+                waiting = bool(self.rows) and self.ready.is_set() and not self.gone
+                silent = time.monotonic() - self.last_heard
+            if waiting and silent > self.stall_timeout_s:
+                self.failure = (
+                    f"it sent nothing for {silent:.0f} s with requests in hand, so it was restarted"
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+                return
 
     def _deliver(self, events: list[tuple]):
         for row_id, kind, value in events:
@@ -233,16 +260,20 @@ class DecoderProcess:
     tokens the child decodes. A child that exits (killed, out of memory) fails its requests with an
     error that says so, and the next request starts a new one."""
 
-    def __init__(self, model_path, torch_threads: int = 1):
+    def __init__(self, model_path, torch_threads: int = 1, stall_timeout_s: float = STALL_TIMEOUT_S):
         if os.name != "posix":
             raise OSError(
                 "The decoding process hands the child its pipe as POSIX systems do; decode in-process here."
             )
         self.model_path = str(model_path)
         self.torch_threads = torch_threads
+        self.stall_timeout_s = stall_timeout_s
         self._lock = threading.Lock()  # guards ``_child``
         self._row_ids = itertools.count()
-        self._child = _Child(self.model_path, self.torch_threads)
+        self._child = self._start()
+
+    def _start(self) -> _Child:
+        return _Child(self.model_path, self.torch_threads, self.stall_timeout_s)
 
     @property
     def pid(self) -> int:
@@ -265,7 +296,7 @@ class DecoderProcess:
     def submit(self, prompt_ids: list[int], settings: GenerationSettings) -> _Row:
         with self._lock:
             if self._child.gone:  # the last one exited, and its requests have failed
-                self._child = _Child(self.model_path, self.torch_threads)
+                self._child = self._start()
             child = self._child
         row = _RemoteRow(child, next(self._row_ids), prompt_ids, settings)
         child.submit(row)

@@ -167,6 +167,28 @@ def test_a_child_that_dies_fails_its_requests_and_the_next_request_starts_anothe
         models.batcher.close()
 
 
+def test_a_frozen_child_is_replaced_and_its_requests_fail_with_the_reason(checkpoints, local):
+    models = inference.load_models(checkpoints["model"], decoder_process=True)
+    models.batcher.close()
+    models.batcher = decoder = DecoderProcess(checkpoints["model"], stall_timeout_s=2)
+    try:
+        decoder.wait_ready()
+        ids, settings = longest_request(models)
+        frozen = decoder.pid
+        os.kill(frozen, signal.SIGSTOP)  # alive, but sends nothing
+        row = decoder.submit(ids, settings)
+        assert row.done.wait(30)
+        assert "sent nothing for" in str(row.error) and "send the request again" in str(row.error)
+        prompt, settings = CASES[0]
+        assert (
+            inference.generate(models, prompt, **settings).text
+            == inference.generate(local, prompt, **settings).text
+        )
+        assert decoder.pid != frozen
+    finally:
+        decoder.close()
+
+
 def test_a_model_the_child_cannot_load_is_a_clear_error(tmp_path):
     decoder = DecoderProcess(tmp_path)  # a folder with no model in it
     try:
