@@ -455,6 +455,15 @@ def encode_classification(
     }
 
 
+def summary_prompt(tokenizer, document_ids: list[int], room: int) -> list[int]:
+    """The summarization prompt, ``document <|sep|>``: the document's first ``room`` tokens and the sep
+    token. Training (with the summary and eos after it), ROUGE evaluation, the Summarize tab's abstract
+    and its summarizer salience all build it here."""
+    if tokenizer.sep_token_id is None:
+        raise DataError("The tokenizer has no sep token, so it cannot mark where a summary starts.")
+    return document_ids[: max(room, 0)] + [tokenizer.sep_token_id]
+
+
 def encode_summarization(
     examples: dict[str, list],
     tokenizer,
@@ -474,15 +483,15 @@ def encode_summarization(
     documents = tokenizer(examples[document_column], add_special_tokens=False)["input_ids"]
     summaries = tokenizer(examples[summary_column], add_special_tokens=False)["input_ids"]
     room = max_length - 2  # sep and eos
-    sep, eos = tokenizer.sep_token_id, tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
     batch = {"input_ids": [], "attention_mask": [], "labels": []}
     for document, summary in zip(documents, summaries, strict=True):
-        document = document[: min(len(document), max(room - len(summary), room // 2))]
-        summary = summary[: room - len(document)]
-        input_ids = document + [sep] + summary + [eos]
+        prompt = summary_prompt(tokenizer, document, min(len(document), max(room - len(summary), room // 2)))
+        summary = summary[: room + 1 - len(prompt)]
+        input_ids = prompt + summary + [eos]
         batch["input_ids"].append(input_ids)
         batch["attention_mask"].append([1] * len(input_ids))
-        batch["labels"].append([IGNORE_INDEX] * (len(document) + 1) + summary + [eos])
+        batch["labels"].append([IGNORE_INDEX] * len(prompt) + summary + [eos])
     return batch
 
 

@@ -53,7 +53,7 @@ from transformers.cache_utils import (
 )
 
 from . import attention_view, shared_prefix
-from .data import split_sentences, truncate, truncation_side
+from .data import split_sentences, summary_prompt, truncate, truncation_side
 from .generation_settings import (
     DEFAULT_MAX_NEW_TOKENS,
     GENERATION_DEFAULTS,
@@ -1179,13 +1179,13 @@ def summary_likelihood(models: Models, document: str, spans: list[tuple[int, int
             "The summarizer method needs a summarization-tuned model; start the app with --summarizer "
             "PATH, or pick another method."
         )
-    sep, eos, pad = tokenizer.sep_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
-    if sep is None or eos is None:
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if tokenizer.sep_token_id is None or eos is None:
         raise InputError("The summarizer's tokenizer has no sep or eos token, so it cannot score summaries.")
     window = context_window(model, tokenizer)
     sentences = [encode(tokenizer, document[start:end])[:SUMMARY_SENTENCE_TOKENS] for start, end in spans]
     room = window - max(len(ids) for ids in sentences) - 2
-    prefix = encode(tokenizer, document)[:room] + [sep]
+    prefix = summary_prompt(tokenizer, encode(tokenizer, document), room)
     scores = []
     for first in range(0, len(sentences), SUMMARY_SCORE_BATCH):
         targets = [ids + [eos] for ids in sentences[first : first + SUMMARY_SCORE_BATCH]]
@@ -1293,12 +1293,11 @@ def _abstract(models: Models, document: str) -> str:
     max_new_tokens = int(settings.get("max_new_tokens", SUMMARY_MAX_NEW_TOKENS))
     window = context_window(model, tokenizer)
     max_new_tokens = min(max_new_tokens, window // 2)
-    sep = tokenizer.sep_token_id
-    if sep is None:
+    if tokenizer.sep_token_id is None:
         raise InputError(
             "The summarizer's tokenizer has no sep token, so it cannot mark where a summary starts."
         )
-    ids = encode(tokenizer, document)[: window - max_new_tokens - 1] + [sep]
+    ids = summary_prompt(tokenizer, encode(tokenizer, document), window - max_new_tokens - 1)
     config = _plain_generation_config(
         model, tokenizer, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1
     )

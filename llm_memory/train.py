@@ -831,7 +831,7 @@ def generate_summaries(
     """Greedy summaries: each prompt is the document (cut to fit) followed by the separator token."""
     room = block_size - max_new_tokens - 1
     prompts = [
-        ids[:room] + [tokenizer.sep_token_id]
+        data.summary_prompt(tokenizer, ids, room)
         for ids in tokenizer(list(documents), add_special_tokens=False)["input_ids"]
     ]
     model.eval()

@@ -426,6 +426,17 @@ def assert_summary_example(tokenizer, input_ids, labels, document, summary, max_
     assert IGNORE_INDEX not in target
 
 
+def test_summary_prompt_is_the_document_cut_to_its_room_then_sep(tokenizer):
+    sep = tokenizer.sep_token_id
+    assert llm_memory.data.summary_prompt(tokenizer, [7, 8, 9], 2) == [7, 8, sep]
+    assert llm_memory.data.summary_prompt(tokenizer, [7, 8, 9], 5) == [7, 8, 9, sep]
+    assert llm_memory.data.summary_prompt(tokenizer, [7, 8, 9], -1) == [sep]
+    no_sep = copy.deepcopy(tokenizer)
+    no_sep.sep_token = None
+    with pytest.raises(DataError, match="no sep token"):
+        llm_memory.data.summary_prompt(no_sep, [7], 1)
+
+
 def test_encode_summarization_masks_the_document_and_separator(tokenizer):
     document, summary = "The quick brown fox jumps over the lazy dog.", "A fox jumps."
     out = encode_summarization({"document": [document], "summary": [summary]}, tokenizer, max_length=128)
