@@ -22,6 +22,10 @@
   reads once for all of them; the 200-token prompt's keys and values it also keeps once
   (``llm_memory/shared_prefix.py``; ``bench/batch_decoding.py`` measures that against keeping them
   per row).
+- classify: seconds for 16 users' ``/classify`` requests (16 different reviews' first 64 tokens), sent
+  at once through the REST API, over the mean time of the same requests one at a time; concurrent
+  requests share one forward and backward pass (``inference.ClassifyBatcher``). ``--parts classify``
+  runs only this (and the start-up).
 - decoder process: the app decodes in a child process (``llm_memory/decoder_process.py``); a second
   app started with ``LLM_MEMORY_DECODER_PROCESS=0`` decodes in the server's own process, and the same
   one and 16 ``gradio_client`` requests (short prompt) on it are the baseline, in the same run.
@@ -62,7 +66,15 @@ sys.path.insert(0, str(ROOT))
 from llm_memory import inference  # noqa: E402
 from llm_memory.data import load_movie_reviews  # noqa: E402
 
+# Tokens of each /classify request: a review's opening, a one-line review.
+CLASSIFY_TOKENS = 64
+CLASSIFY_ROWS = [
+    (f"one /classify, {CLASSIFY_TOKENS} tokens (mean of 16), REST API", "rest_one_classify_s", "s"),
+    ("16 /classify at once, different reviews, REST API", "rest_sixteen_classify_s", "s"),
+    ("16 /classify at once / one", "rest_classify_ratio", "x"),
+]
 TARGETS = {
+    "rest_classify_ratio": 3.0,
     "ready_s": 15.0,
     "first_token_s": 0.5,
     "attention_256_s": 2.0,
@@ -232,6 +244,51 @@ def rest_seconds(url: str, prompt: str, seeds: Sequence[int]) -> float:
     return asyncio.run(run())
 
 
+async def rest_classify(client: httpx.AsyncClient, url: str, text: str, session: str) -> None:
+    """One ``/classify`` call through the REST API, read to its result."""
+    posted = await client.post(
+        f"{url}gradio_api/call/classify", json={"data": [text], "session_hash": session}
+    )
+    posted.raise_for_status()
+    event_id = posted.json()["event_id"]
+    async with client.stream("GET", f"{url}gradio_api/call/classify/{event_id}") as stream:
+        event = None
+        async for line in stream.aiter_lines():
+            if line.startswith("event:"):
+                event = line.removeprefix("event:").strip()
+            elif line.startswith("data:") and event == "error":
+                raise RuntimeError(f"/classify answered an error: {line}")
+            elif line.startswith("data:") and event == "complete":
+                return
+    raise RuntimeError("/classify's event stream ended without a result")
+
+
+def rest_classify_seconds(url: str, texts: Sequence[str], first_user: int = 0) -> float:
+    """Seconds until these ``/classify`` requests, sent at once from one user each, are answered."""
+
+    async def run() -> float:
+        async with httpx.AsyncClient(timeout=120) as client:
+            start = time.perf_counter()
+            await asyncio.gather(
+                *(
+                    rest_classify(client, url, text, f"bench-user-{first_user + i}")
+                    for i, text in enumerate(texts)
+                )
+            )
+            return time.perf_counter() - start
+
+    return asyncio.run(run())
+
+
+def classify_timings(url: str, texts: Sequence[str], repeats: int) -> dict[str, float]:
+    one, sixteen, ratio = paired(
+        lambda: statistics.mean(rest_classify_seconds(url, [text], i) for i, text in enumerate(texts)),
+        lambda: rest_classify_seconds(url, texts),
+        repeats,
+    )
+    return {"rest_one_classify_s": one, "rest_sixteen_classify_s": sixteen, "rest_classify_ratio": ratio}
+
+
 def rest_timings(url: str, name: str, prompt: str, repeats: int) -> dict[str, float]:
     """Through the REST API: one request (the mean of seeds 0-15 sent one at a time) and the 16 at
     once, with the client's CPU-seconds for them; one request with seed 0 and 16 copies of it. Each
@@ -366,6 +423,22 @@ def paired(one, sixteen, repeats: int) -> tuple[float, float, float]:
     return statistics.median(ones), statistics.median(sixteens), statistics.median(ratios)
 
 
+def print_table(args, results: dict, rows: list[tuple[str, str, str]]) -> None:
+    print(
+        f"model: {args.model}  ·  {NEW_TOKENS} new tokens per request  ·  {os.cpu_count()} CPUs  ·  "
+        f"medians of {args.repeats} after a warm-up; "
+        "a ratio is the median of its rounds' ratios\n"
+    )
+    width = max(len(label) for label, _, _ in rows)
+    print(f"| {'measure':<{width}} | {'value':>8} | {'target':>8} | met |")
+    print(f"|{'-' * (width + 2)}|{'-' * 10}|{'-' * 10}|-----|")
+    for label, key, unit in rows:
+        target = TARGETS.get(key)
+        met = "" if target is None else ("yes" if results[key] <= target else "NO")
+        target_text = "" if target is None else f"<= {target:g}{unit}"
+        print(f"| {label:<{width}} | {results[key]:>7.2f}{unit} | {target_text:>8} | {met:^3} |")
+
+
 def main():
     global NEW_TOKENS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -382,6 +455,12 @@ def main():
         default=NEW_TOKENS,
         help="new tokens per /generate request (the tab's default)",
     )
+    parser.add_argument(
+        "--parts",
+        choices=("all", "classify"),
+        default="all",
+        help="all: every measure; classify: the start-up and the /classify burst only",
+    )
     parser.add_argument("--json", help="Also write the results to this file.")
     args = parser.parse_args()
     NEW_TOKENS = args.new_tokens
@@ -393,8 +472,20 @@ def main():
 
     port = free_port()
     process, ready = start_app(args, port)
+    classify_texts = [
+        text_of_tokens(tokenizer, [review], CLASSIFY_TOKENS) for review in reviews[:NUM_CLIENTS]
+    ]
     try:
         url = f"http://127.0.0.1:{port}/"
+        timings = classify_timings(url, classify_texts, args.repeats)
+        if args.parts == "classify":
+            results = {"ready_s": ready, **timings}
+            print_table(
+                args, results, [("server ready after `python app.py`", "ready_s", "s"), *CLASSIFY_ROWS]
+            )
+            if args.json:
+                Path(args.json).write_text(json.dumps({"model": args.model, **results}, indent=2))
+            return
         clients = bench_clients(url)
         client = clients[0]
         first_token = median(lambda: first_token_seconds(client, prompt), args.repeats)
@@ -405,7 +496,6 @@ def main():
             return time.perf_counter() - start
 
         attention = median(attention_once, args.repeats)
-        timings = {}
         for name, text in (("short", SHORT_PROMPT), ("long", prompt)):
             cpu = []
             (
@@ -430,6 +520,7 @@ def main():
         ("server ready after `python app.py`", "ready_s", "s"),
         (f"first streamed token, {PROMPT_TOKENS}-token prompt", "first_token_s", "s"),
         (f"attention view, {ATTENTION_TOKENS} tokens", "attention_256_s", "s"),
+        *CLASSIFY_ROWS,
     ]
     for name, described in (("short", f"prompt {SHORT_PROMPT!r}"), ("long", f"{PROMPT_TOKENS}-token prompt")):
         rows += [
@@ -467,19 +558,7 @@ def main():
             (f"  {NUM_CLIENTS} at once, REST API, all seed 0", f"rest_sixteen_same_{name}_s", "s"),
             (f"  {NUM_CLIENTS} at once / one, all seed 0", f"rest_same_ratio_{name}", "x"),
         ]
-    print(
-        f"model: {args.model}  ·  {NEW_TOKENS} new tokens per request  ·  {os.cpu_count()} CPUs  ·  "
-        f"medians of {args.repeats} after a warm-up; "
-        "a ratio is the median of its rounds' ratios\n"
-    )
-    width = max(len(label) for label, _, _ in rows)
-    print(f"| {'measure':<{width}} | {'value':>8} | {'target':>8} | met |")
-    print(f"|{'-' * (width + 2)}|{'-' * 10}|{'-' * 10}|-----|")
-    for label, key, unit in rows:
-        target = TARGETS.get(key)
-        met = "" if target is None else ("yes" if results[key] <= target else "NO")
-        target_text = "" if target is None else f"<= {target:g}{unit}"
-        print(f"| {label:<{width}} | {results[key]:>7.2f}{unit} | {target_text:>8} | {met:^3} |")
+    print_table(args, results, rows)
     if args.json:
         Path(args.json).write_text(
             json.dumps({"model": args.model, "new_tokens": NEW_TOKENS, **results}, indent=2)

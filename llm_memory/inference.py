@@ -111,6 +111,8 @@ BATCH_WINDOW_S = float(os.environ.get("LLM_MEMORY_BATCH_WINDOW_MS", "100")) / 10
 BATCH_QUIET_S = float(os.environ.get("LLM_MEMORY_BATCH_QUIET_MS", "8")) / 1000
 # Rows per batch: a batch of 16 short prompts costs about twice one row on this project's CPU.
 MAX_BATCH_SIZE = int(os.environ.get("LLM_MEMORY_MAX_BATCH", "16"))
+# A classify request that finds none waiting waits this long at most for others to share its pass.
+CLASSIFY_WINDOW_S = 0.03
 # Batches decoded at once, each on its own thread (torch itself then uses one thread per batch). At
 # least two, so that a new request can start while a long one runs.
 GENERATION_WORKERS = int(
@@ -254,9 +256,16 @@ class Models:
     sources: dict[str, str] = field(default_factory=dict)
     # Decodes sampled and greedy requests: in this process, or a DecoderProcess (decoder_process.py).
     batcher: "GenerationBatcher | DecoderProcess" = field(init=False, repr=False)
+    # Classifies requests that arrive together in one batch.
+    classify_batcher: "ClassifyBatcher | None" = field(init=False, repr=False)
 
     def __post_init__(self):
         self.batcher = GenerationBatcher(self.lm, self.lm_tokenizer)
+        self.classify_batcher = (
+            ClassifyBatcher(self.classifier, self.classifier_tokenizer)
+            if self.classifier is not None
+            else None
+        )
 
     @property
     def window(self) -> int:
@@ -1078,14 +1087,11 @@ def classify(models: Models, text: str) -> ClassifyResult:
     window = context_window(model, tokenizer)
     truncated = max(0, len(ids) - window)
     ids = truncate(ids, window, tokenizer)
-    input_ids = torch.tensor([ids])
-    with torch.enable_grad():
-        embeddings = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)  # (1, T, H)
-        logits = model(inputs_embeds=embeddings, attention_mask=torch.ones_like(input_ids)).logits[0]
-        target = int(logits.argmax())
-        (gradient,) = torch.autograd.grad(logits[target], embeddings)
-    token_scores = (gradient * embeddings).sum(-1)[0].detach()  # (T,)
-    probabilities = torch.softmax(logits.detach().float(), dim=-1).tolist()
+    probabilities, target, token_scores = (
+        models.classify_batcher.run(ids)
+        if models.classify_batcher is not None
+        else classify_ids(model, tokenizer, [ids])[0]
+    )
     labels = _label_names(model)
     attributions = [
         (piece.text, float(token_scores[piece.start : piece.end].sum()))
@@ -1098,6 +1104,108 @@ def classify(models: Models, text: str) -> ClassifyResult:
         truncated,
         truncation_side(tokenizer),
     )
+
+
+def classify_ids(model, tokenizer, rows: list[list[int]]) -> list[tuple[list[float], int, torch.Tensor]]:
+    """Each row's label probabilities, top label and per-token gradient x input, in one right-padded
+    batch. The gradient of the sum of the rows' top logits is each row's own gradient: rows do not
+    interact (pads are masked from attention and skipped by the LSTM), so every result equals the row's
+    alone."""
+    width = max(len(ids) for ids in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in rows])  # (B, T)
+    attention_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in rows])
+    with torch.enable_grad():
+        embeddings = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)  # (B, T, H)
+        logits = model(inputs_embeds=embeddings, attention_mask=attention_mask).logits  # (B, C)
+        targets = logits.argmax(-1)
+        (gradient,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), embeddings)
+    token_scores = (gradient * embeddings).sum(-1).detach()  # (B, T)
+    probabilities = torch.softmax(logits.detach().float(), dim=-1)
+    return [
+        (probabilities[row].tolist(), int(targets[row]), token_scores[row, : len(ids)])
+        for row, ids in enumerate(rows)
+    ]
+
+
+class _Pending:
+    def __init__(self, ids: list[int]):
+        self.ids = ids
+        self.done = threading.Event()
+        self.result = None
+        self.error: BaseException | None = None
+
+
+class ClassifyBatcher:
+    """Classifies requests that arrive together as one batch (``classify_ids``).
+
+    The first request to arrive leads: it waits while others keep coming (until none has come for
+    ``quiet_s``, at most ``window_s``), classifies up to ``max_batch_size`` of them in one pass, hands
+    each its result, and goes on until none is waiting. Requests that find a leader wait for it. So 16
+    users who click at once share one forward and backward pass instead of queueing for 16.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        window_s: float = CLASSIFY_WINDOW_S,
+        quiet_s: float = BATCH_QUIET_S,
+    ):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch_size, self.window_s, self.quiet_s = max_batch_size, window_s, quiet_s
+        self._lock = threading.Lock()
+        self._waiting: list[_Pending] = []
+        self._leading = False
+        self._arrived = 0.0  # when the last request came
+
+    def run(self, ids: list[int]) -> tuple[list[float], int, torch.Tensor]:
+        pending = _Pending(ids)
+        with self._lock:
+            self._waiting.append(pending)
+            self._arrived = time.monotonic()
+            lead = not self._leading
+            self._leading = True
+        if lead:
+            self._lead()
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def _lead(self):
+        start = time.monotonic()
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                gathering = (
+                    len(self._waiting) < self.max_batch_size
+                    and now - start < self.window_s
+                    and now - self._arrived < self.quiet_s
+                )
+                if not gathering:
+                    batch = self._waiting[: self.max_batch_size]
+                    self._waiting = self._waiting[self.max_batch_size :]
+                    if not batch:
+                        self._leading = False
+                        return
+            if gathering:
+                time.sleep(self.quiet_s / 4)
+                continue
+            try:
+                results = classify_ids(self.model, self.tokenizer, [item.ids for item in batch])
+            except Exception as err:  # each request of the batch gets the error; the next batch runs
+                for item in batch:
+                    item.error = err
+                    item.done.set()
+            else:
+                for item, result in zip(batch, results, strict=True):
+                    item.result = result
+                    item.done.set()
+            with self._lock:
+                # Those that came during the pass go at once, as the next batch.
+                start, self._arrived = time.monotonic(), 0.0
 
 
 # ---------------------------------------------------------------------------------------------------

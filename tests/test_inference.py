@@ -857,6 +857,75 @@ def test_attributions_are_gradient_times_input(models):
     assert float(full - shrunk) / eps == pytest.approx(total, rel=1e-2, abs=1e-4)
 
 
+CLASSIFY_TEXTS = [
+    "Great.",
+    "A dull, long film that I would not watch again.",
+    "我喜欢",
+    "ok " * 20,
+    "Fine 😀",
+]
+
+
+def test_a_classified_batch_equals_each_text_alone(models):
+    model, tokenizer = models.classifier, models.classifier_tokenizer
+    rows = [inference.encode(tokenizer, text) for text in CLASSIFY_TEXTS]
+    batched = inference.classify_ids(model, tokenizer, rows)
+    for ids, (probabilities, target, scores) in zip(rows, batched, strict=True):
+        [(alone_probabilities, alone_target, alone_scores)] = inference.classify_ids(model, tokenizer, [ids])
+        assert target == alone_target and scores.shape == (len(ids),)
+        np.testing.assert_allclose(probabilities, alone_probabilities, atol=1e-5)
+        torch.testing.assert_close(scores, alone_scores, atol=1e-5, rtol=1e-4)
+
+
+def test_concurrent_classify_requests_share_passes_and_get_their_own_results(models, monkeypatch):
+    model, tokenizer = models.classifier, models.classifier_tokenizer
+    batcher = inference.ClassifyBatcher(model, tokenizer, window_s=2.0, quiet_s=0.2)
+    passes = []
+    real = inference.classify_ids
+    monkeypatch.setattr(
+        inference, "classify_ids", lambda m, t, rows: passes.append(len(rows)) or real(m, t, rows)
+    )
+    texts = CLASSIFY_TEXTS * 3
+    rows = [inference.encode(tokenizer, text) for text in texts]
+    results = [None] * len(rows)
+    barrier = threading.Barrier(len(rows))
+
+    def client(index):
+        barrier.wait()
+        results[index] = batcher.run(rows[index])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(rows))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sum(passes) == len(rows) and len(passes) < len(rows)  # some requests shared a pass
+    for ids, (probabilities, target, scores) in zip(rows, results, strict=True):
+        [(alone_probabilities, alone_target, alone_scores)] = real(model, tokenizer, [ids])
+        assert target == alone_target
+        np.testing.assert_allclose(probabilities, alone_probabilities, atol=1e-5)
+        torch.testing.assert_close(scores, alone_scores, atol=1e-5, rtol=1e-4)
+
+
+def test_a_failed_classify_pass_fails_its_requests_and_the_next_one_runs(models, monkeypatch):
+    model, tokenizer = models.classifier, models.classifier_tokenizer
+    batcher = inference.ClassifyBatcher(model, tokenizer)
+    real = inference.classify_ids
+    calls = []
+
+    def fail_once(m, t, rows):
+        calls.append(rows)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory")
+        return real(m, t, rows)
+
+    monkeypatch.setattr(inference, "classify_ids", fail_once)
+    ids = inference.encode(tokenizer, "Great.")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        batcher.run(ids)
+    assert batcher.run(ids)[1] == real(model, tokenizer, [ids])[0][1]
+
+
 def test_classify_cuts_text_past_the_window(models):
     result = inference.classify(models, "word " * 100)
     assert result.truncated_tokens > 0
