@@ -3,10 +3,13 @@
 import json
 import subprocess
 import sys
+import sysconfig
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -378,8 +381,36 @@ def test_loads_in_bfloat16(tmp_path):
     assert out.shape == (1, 9)
 
 
-def test_remote_code_load_without_the_package(tmp_path, tokenizer):
-    """A saved folder loads with trust_remote_code=True where only torch and transformers are importable."""
+@pytest.fixture(scope="session")
+def newest_transformers_python(tmp_path_factory) -> str:
+    """The python of a throwaway virtualenv that sees this one's packages but has the newest
+    Transformers release the package index offers (and what it needs) installed over them."""
+    folder = tmp_path_factory.mktemp("newest-transformers") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
+    python = str(folder / "bin" / "python")
+    own_site = subprocess.run(
+        [python, "-c", "import site; print(site.getsitepackages()[0])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(own_site, "project-packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # This environment's pip, run for the new one: it resolves against the packages that the .pth shows.
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--upgrade", "transformers"], check=True, timeout=600
+    )
+    return python
+
+
+@pytest.mark.parametrize("transformers_release", ["pinned", "newest"])
+def test_remote_code_load_without_the_package(tmp_path, tokenizer, transformers_release, request):
+    """A saved folder loads with trust_remote_code=True where only torch and transformers are importable,
+    under the pinned Transformers and the newest release, with FutureWarnings as errors."""
+    python = (
+        sys.executable
+        if transformers_release == "pinned"
+        else request.getfixturevalue("newest_transformers_python")
+    )
     model = tiny_lm(use_lstm=True, vocab_size=len(tokenizer))
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
@@ -416,16 +447,26 @@ def test_remote_code_load_without_the_package(tmp_path, tokenizer):
         assert out.shape == (1, 10)
         classifier = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True, num_labels=2)
         AutoTokenizer.from_pretrained(folder)
-        print("REMOTE_OK", type(classifier).__name__)
+        import transformers
+        print("REMOTE_OK", type(classifier).__name__, transformers.__version__)
         """
     )
     env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [python, "-W", "error::FutureWarning", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE_OK MemoryTransformerForSequenceClassification" in result.stdout
+    version = result.stdout.split()[-1]
+    if transformers_release == "newest":
+        pinned = tuple(int(part) for part in transformers.__version__.split(".")[:2])
+        assert tuple(int(part) for part in version.split(".")[:2]) >= pinned, version
 
 
 def test_text_generation_and_classification_pipelines(tmp_path, tokenizer):
