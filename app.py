@@ -92,9 +92,9 @@ SUMMARIZE_EXAMPLES = [
 # What each sentence-salience method does; the default is the best on the docstring benchmark that the
 # loaded models allow (inference.default_summary_method; figures in docs/benchmarks.md).
 SUMMARY_METHODS_INFO = (
-    "summarizer: the sentences the summarization model finds likeliest as the summary (the default when "
-    "one is loaded: best on the benchmark) · lead: the first sentences (the default otherwise: it beats "
-    "the other two) · centroid: closeness to the document's mean embedding · attention: attention received"
+    "summarizer: the sentences closest to the summarization model's abstract (the default when one is "
+    "loaded: best on the benchmark) · lead: the first sentences (the default otherwise: it beats the "
+    "other two) · centroid: closeness to the document's mean embedding · attention: attention received"
 )
 ATTENTION_EXAMPLES = [
     "我喜欢编程",

@@ -76,13 +76,9 @@ CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 FALLBACK_WINDOW = 1024
 
 # How each summary method ranks sentences (``sentence_salience``), best first by ROUGE on the docstring
-# benchmark (bench/summarize_rouge.py): the summarizer's likelihood of the sentence as the summary, then
-# the lead (first sentences first); centroid and attention read the language model's own view.
+# benchmark (bench/summarize_rouge.py): the sentences closest to the summarizer's abstract, then the lead
+# (first sentences first); centroid and attention read the language model's own view.
 SUMMARY_METHODS = ("summarizer", "lead", "centroid", "attention")
-# Sentences scored by the summarizer are cut to this many tokens (docstring summaries are shorter) and
-# scored this many at a time.
-SUMMARY_SENTENCE_TOKENS = 48
-SUMMARY_SCORE_BATCH = 8
 # (low, high) of each parameter, inclusive: the decoding settings' (llm_memory/generation_settings.py)
 # and the summary's.
 RANGES = {**GENERATION_RANGES, "num_sentences": (1, 10)}
@@ -1274,60 +1270,36 @@ def default_summary_method(models: Models) -> str:
     return "summarizer" if models.summarizer is not None else "lead"
 
 
-def summary_likelihood(models: Models, document: str, spans: list[tuple[int, int]]) -> list[float]:
-    """Each sentence's mean log-probability per token, with eos after it, as the summarizer's summary.
+def abstract_overlap(abstract: str, document: str, spans: list[tuple[int, int]]) -> list[float]:
+    """Each sentence's ROUGE-1 F1 (stemmed) against the summarizer's abstract of the document: the
+    sentences that say what the abstract says score high."""
+    from rouge_score import rouge_scorer  # here: only this method needs it (and nltk under it)
 
-    The summarizer was tuned to continue ``document <|sep|>`` with a summary and stop; a sentence it
-    would write there itself (the document's point, in the words a summary uses) scores high. The
-    document is cut from the end to leave room for the longest sentence.
-    """
-    model, tokenizer = models.summarizer, models.summarizer_tokenizer
-    if model is None:
-        raise InputError(
-            "The summarizer method needs a summarization-tuned model; start the app with --summarizer "
-            "PATH, or pick another method."
-        )
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    if tokenizer.sep_token_id is None or eos is None:
-        raise InputError("The summarizer's tokenizer has no sep or eos token, so it cannot score summaries.")
-    window = context_window(model, tokenizer)
-    sentences = [encode(tokenizer, document[start:end])[:SUMMARY_SENTENCE_TOKENS] for start, end in spans]
-    room = window - max(len(ids) for ids in sentences) - 2
-    prefix = summary_prompt(tokenizer, encode(tokenizer, document), room)
-    scores = []
-    for first in range(0, len(sentences), SUMMARY_SCORE_BATCH):
-        targets = [ids + [eos] for ids in sentences[first : first + SUMMARY_SCORE_BATCH]]
-        width = len(prefix) + max(len(ids) for ids in targets)
-        rows = [
-            prefix + ids + [pad if pad is not None else eos] * (width - len(prefix) - len(ids))
-            for ids in targets
-        ]
-        mask = [[1] * (len(prefix) + len(ids)) + [0] * (width - len(prefix) - len(ids)) for ids in targets]
-        with torch.no_grad():
-            logits = model(
-                input_ids=torch.tensor(rows), attention_mask=torch.tensor(mask), use_cache=False
-            ).logits.float()
-        # The logits at position t predict token t + 1: the targets start right after the separator.
-        log_probs = torch.log_softmax(logits[:, len(prefix) - 1 : -1], dim=-1)  # (B, T - P, V)
-        for row, ids in enumerate(targets):
-            picked = log_probs[row, torch.arange(len(ids)), torch.tensor(ids)]
-            scores.append(float(picked.mean()))
-    return scores
+    scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+    return [scorer.score(abstract, document[start:end])["rouge1"].fmeasure for start, end in spans]
 
 
 def sentence_salience(
-    models: Models, document: str, spans: list[tuple[int, int]], method: str
+    models: Models, document: str, spans: list[tuple[int, int]], method: str, abstract: str | None = None
 ) -> list[float]:
     """Each sentence's salience (higher is picked first) by one of ``SUMMARY_METHODS``.
 
-    ``summarizer``: see ``summary_likelihood``. ``lead``: the earlier, the higher. The language model
+    ``summarizer``: overlap with the summarizer's ``abstract`` of the document (``abstract_overlap``;
+    generated here when not given). ``lead``: the earlier, the higher. The language model
     reads the document in windows of whole sentences for the other two. ``centroid``: cosine of the
     sentence's mean final hidden state to the mean over the document. ``attention``: the mean attention
     each of its tokens receives (over layers, heads and the queries that can see it), the first token
     of each window left out since it collects attention regardless of its content (an attention sink).
     """
     if method == "summarizer":
-        return summary_likelihood(models, document, spans)
+        if models.summarizer is None:
+            raise InputError(
+                "The summarizer method needs a summarization-tuned model; start the app with --summarizer "
+                "PATH, or pick another method."
+            )
+        return abstract_overlap(
+            abstract if abstract is not None else _abstract(models, document), document, spans
+        )
     if method == "lead":
         return [-float(i) for i in range(len(spans))]
     model, tokenizer, window = models.lm, models.lm_tokenizer, models.window
@@ -1387,11 +1359,12 @@ def summarize(
     num_sentences = check_number("num_sentences", num_sentences)
     method = check_choice("method", method or default_summary_method(models), SUMMARY_METHODS)
     spans = split_sentences(text)
-    scores = sentence_salience(models, text, spans, method)
-    ranked = sorted(range(len(spans)), key=lambda i: (-scores[i], i))
+    wants_abstract = models.summarizer is not None and (abstractive or method == "summarizer")
+    abstract = _abstract(models, text) if wants_abstract else None
+    scores = sentence_salience(models, text, spans, method, abstract)
+    ranked = sorted(range(len(spans)), key=lambda i: (-scores[i], i))  # ties: the earlier sentence
     picked = sorted(ranked[:num_sentences])
-    abstract = _abstract(models, text) if abstractive and models.summarizer is not None else None
-    return SummaryResult(text, spans, picked, scores, method, abstract)
+    return SummaryResult(text, spans, picked, scores, method, abstract if abstractive else None)
 
 
 def _abstract(models: Models, document: str) -> str:

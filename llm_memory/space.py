@@ -135,7 +135,12 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --out folder.")
     parser.add_argument("--model", default=str(REPO_DIR / CHECKPOINTS["model"][0]))
     parser.add_argument("--classifier", default=str(REPO_DIR / CHECKPOINTS["classifier"][0]))
-    parser.add_argument("--summarizer", default=None)
+    embedded_summarizer = REPO_DIR / CHECKPOINTS["summarizer"][0]
+    parser.add_argument(
+        "--summarizer",
+        default=str(embedded_summarizer) if embedded_summarizer.is_dir() else None,
+        help="Summarization-tuned model (default: the embedded checkpoints/summarizer, when there is one).",
+    )
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--token", default=None, help="Hub token (default: the saved login or HF_TOKEN).")
     args = parser.parse_args(argv)

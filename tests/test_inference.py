@@ -990,25 +990,24 @@ def test_the_summarizer_method_without_a_summarizer_says_how_to_load_one(models)
         inference.summarize(models, "One. Two.", 1, method="summarizer")
 
 
-def test_summary_likelihood_is_each_sentence_scored_alone(models_with_summarizer):
-    """Batched and padded, each score equals the mean log-probability of the sentence and eos after
-    ``document <|sep|>``, computed for that sentence alone."""
-    models = models_with_summarizer
-    model, tokenizer = models.summarizer, models.summarizer_tokenizer
-    document = "A short one. " + " ".join(f"Then sentence {i} goes on for a while." for i in range(10))
+def test_abstract_overlap_is_each_sentences_rouge_1_against_the_abstract():
+    document = "Return the sum of the values. Raise an error when empty. Values are numbers."
     spans = inference.split_sentences(document)
-    scores = inference.summary_likelihood(models, document, spans)
-    assert len(scores) == len(spans) > inference.SUMMARY_SCORE_BATCH  # more than one batch
-    sentences = [inference.encode(tokenizer, document[a:b]) for a, b in spans]
-    room = TINY_WINDOW - max(len(ids) for ids in sentences) - 2
-    prefix = inference.encode(tokenizer, document)[:room] + [tokenizer.sep_token_id]
-    for ids, score in zip(sentences, scores, strict=True):
-        target = ids + [tokenizer.eos_token_id]
-        with torch.no_grad():
-            logits = model(torch.tensor([prefix + target])).logits[0]
-        log_probs = torch.log_softmax(logits[len(prefix) - 1 : -1], dim=-1)
-        expected = log_probs[torch.arange(len(target)), torch.tensor(target)].mean()
-        assert score == pytest.approx(float(expected), abs=1e-4)
+    scores = inference.abstract_overlap("Returns the sum of values.", document, spans)
+    assert scores[0] == max(scores) and 0.5 < scores[0] <= 1.0  # stemmed: "Returns" matches "Return"
+    assert scores[1] == 0.0  # nothing in common
+
+
+def test_summarizer_salience_ranks_by_the_abstract_and_ties_go_to_the_earlier(
+    models_with_summarizer, monkeypatch
+):
+    monkeypatch.setattr(inference, "_abstract", lambda models, text: "the third one wins")
+    document = "First one. Second one. The third one wins here. Fourth."
+    result = inference.summarize(models_with_summarizer, document, num_sentences=2, method="summarizer")
+    assert result.picked == [0, 2]  # the third by overlap, then the first of the tied ones
+    assert result.abstract == "the third one wins"
+    quiet = inference.summarize(models_with_summarizer, document, 1, method="summarizer", abstractive=False)
+    assert quiet.picked == [2] and quiet.abstract is None
 
 
 def test_summarize_reads_a_document_longer_than_the_window(models):
