@@ -214,7 +214,7 @@ def test_attention_settings_out_of_range(models, kwargs, message):
 def test_summary_settings_out_of_range(models):
     with pytest.raises(InputError, match="num_sentences must be an integer from 1 to 10"):
         inference.summarize(models, "One. Two.", num_sentences=11)
-    with pytest.raises(InputError, match="method must be one of summarizer, lead, centroid, attention"):
+    with pytest.raises(InputError, match="method must be one of lead, summarizer, centroid, attention"):
         inference.summarize(models, "One. Two.", method="salience")
 
 
@@ -978,11 +978,11 @@ def test_summarize_picks_sentences_in_document_order(models_with_summarizer, met
     assert sum(label == "summary" for _, label in result.marked()) == 3
 
 
-def test_the_default_method_is_the_summarizer_when_one_is_loaded(models, models_with_summarizer):
+def test_the_default_method_is_lead_with_or_without_a_summarizer(models, models_with_summarizer):
     document = "First. Second one. Third one here."
     assert inference.summarize(models, document, 1).method == "lead"
-    assert inference.summarize(models, document, 1).picked == [0]
-    assert inference.summarize(models_with_summarizer, document, 1, abstractive=False).method == "summarizer"
+    assert inference.summarize(models, document, 2).picked == [0, 1]
+    assert inference.summarize(models_with_summarizer, document, 1, abstractive=False).method == "lead"
 
 
 def test_the_summarizer_method_without_a_summarizer_says_how_to_load_one(models):
