@@ -470,11 +470,12 @@ def main():
     prompt = text_of_tokens(tokenizer, reviews, PROMPT_TOKENS)
     attention_text = text_of_tokens(tokenizer, reviews, ATTENTION_TOKENS)
 
+    # Each a different review's opening (with the next reviews after a short one).
+    classify_texts = [
+        text_of_tokens(tokenizer, reviews[i : i + 4], CLASSIFY_TOKENS) for i in range(NUM_CLIENTS)
+    ]
     port = free_port()
     process, ready = start_app(args, port)
-    classify_texts = [
-        text_of_tokens(tokenizer, [review], CLASSIFY_TOKENS) for review in reviews[:NUM_CLIENTS]
-    ]
     try:
         url = f"http://127.0.0.1:{port}/"
         timings = classify_timings(url, classify_texts, args.repeats)

@@ -1113,7 +1113,9 @@ def classify_ids(model, tokenizer, rows: list[list[int]]) -> list[tuple[list[flo
     attention_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in rows])
     with torch.enable_grad():
         embeddings = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)  # (B, T, H)
-        logits = model(inputs_embeds=embeddings, attention_mask=attention_mask).logits  # (B, C)
+        logits = model(
+            inputs_embeds=embeddings, attention_mask=attention_mask, use_cache=False
+        ).logits  # (B, C)
         targets = logits.argmax(-1)
         (gradient,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), embeddings)
     token_scores = (gradient * embeddings).sum(-1).detach()  # (B, T)
