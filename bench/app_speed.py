@@ -202,22 +202,24 @@ def generate_parameters(url: str) -> list[dict]:
         return json.load(response)["named_endpoints"]["/generate"]["parameters"]
 
 
-async def rest_generate(client: httpx.AsyncClient, url: str, arguments: list, session: str) -> None:
-    """One ``/generate`` call through the REST API: post the inputs, then read its event stream to the end."""
+async def rest_call(
+    client: httpx.AsyncClient, url: str, endpoint: str, arguments: list, session: str
+) -> None:
+    """One call of ``endpoint`` through the REST API: post the inputs, then read its event stream to the end."""
     body = {"data": arguments, "session_hash": session}
-    posted = await client.post(f"{url}gradio_api/call/generate", json=body)
+    posted = await client.post(f"{url}gradio_api/call/{endpoint}", json=body)
     posted.raise_for_status()
     event_id = posted.json()["event_id"]
-    async with client.stream("GET", f"{url}gradio_api/call/generate/{event_id}") as stream:
+    async with client.stream("GET", f"{url}gradio_api/call/{endpoint}/{event_id}") as stream:
         event = None
         async for line in stream.aiter_lines():
             if line.startswith("event:"):
                 event = line.removeprefix("event:").strip()
             elif line.startswith("data:") and event == "error":
-                raise RuntimeError(f"/generate answered an error: {line}")
+                raise RuntimeError(f"/{endpoint} answered an error: {line}")
             elif line.startswith("data:") and event == "complete":
                 return
-    raise RuntimeError("/generate's event stream ended without a result")
+    raise RuntimeError(f"/{endpoint}'s event stream ended without a result")
 
 
 def rest_seconds(url: str, prompt: str, seeds: Sequence[int]) -> float:
@@ -237,30 +239,14 @@ def rest_seconds(url: str, prompt: str, seeds: Sequence[int]) -> float:
         async with httpx.AsyncClient(timeout=120) as client:
             start = time.perf_counter()
             await asyncio.gather(
-                *(rest_generate(client, url, data, s) for data, s in zip(requests, sessions, strict=True))
+                *(
+                    rest_call(client, url, "generate", data, s)
+                    for data, s in zip(requests, sessions, strict=True)
+                )
             )
             return time.perf_counter() - start
 
     return asyncio.run(run())
-
-
-async def rest_classify(client: httpx.AsyncClient, url: str, text: str, session: str) -> None:
-    """One ``/classify`` call through the REST API, read to its result."""
-    posted = await client.post(
-        f"{url}gradio_api/call/classify", json={"data": [text], "session_hash": session}
-    )
-    posted.raise_for_status()
-    event_id = posted.json()["event_id"]
-    async with client.stream("GET", f"{url}gradio_api/call/classify/{event_id}") as stream:
-        event = None
-        async for line in stream.aiter_lines():
-            if line.startswith("event:"):
-                event = line.removeprefix("event:").strip()
-            elif line.startswith("data:") and event == "error":
-                raise RuntimeError(f"/classify answered an error: {line}")
-            elif line.startswith("data:") and event == "complete":
-                return
-    raise RuntimeError("/classify's event stream ended without a result")
 
 
 def rest_classify_seconds(url: str, texts: Sequence[str], first_user: int = 0) -> float:
@@ -271,7 +257,7 @@ def rest_classify_seconds(url: str, texts: Sequence[str], first_user: int = 0) -
             start = time.perf_counter()
             await asyncio.gather(
                 *(
-                    rest_classify(client, url, text, f"bench-user-{first_user + i}")
+                    rest_call(client, url, "classify", [text], f"bench-user-{first_user + i}")
                     for i, text in enumerate(texts)
                 )
             )
