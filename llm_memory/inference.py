@@ -448,7 +448,12 @@ class WordForms:
     def of(cls, tokenizer, vocab_size: int) -> "WordForms":
         texts = [tokenizer.decode([i]) if i < len(tokenizer) else f"<{i}>" for i in range(vocab_size)]
         forms: dict[str, int] = {}
-        ids = [forms.setdefault(text.lstrip().lower() or text, len(forms)) for text in texts]
+        # A token that is part of a character's bytes decodes alone to U+FFFD: each keeps a form of its
+        # own, or all such tokens would be one form and a few CJK characters would ban the rest.
+        keys = [
+            f"<{i}>" if "\ufffd" in text else text.lstrip().lower() or text for i, text in enumerate(texts)
+        ]
+        ids = [forms.setdefault(key, len(forms)) for key in keys]
         return cls(torch.tensor(ids), torch.tensor([not text.strip() for text in texts]))
 
 

@@ -281,6 +281,9 @@ def test_word_forms_ban_a_repeat_across_case_and_line_breaks(tokenizer):
     assert banned[forms.ids == forms.ids[a[0]]].all()  # and every token of that form
     assert banned.sum() == (forms.ids == forms.ids[a[0]]).sum()  # nothing else
     assert not inference.repeated_ngram_mask(ids, 4, starts, len(tokenizer))[0, a[0]]  # tokens differ
+    # Byte pieces of characters (each decodes alone to U+FFFD) keep forms of their own.
+    pieces = [i for i in range(len(tokenizer)) if "\ufffd" in tokenizer.decode([i])]
+    assert len(pieces) > 1 and len(set(forms.ids[pieces].tolist())) == len(pieces)
 
 
 def test_greedy_tokens_repeat_no_4_gram_by_default(models):
