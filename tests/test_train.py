@@ -8,9 +8,12 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import datasets
@@ -399,6 +402,50 @@ def test_resume_skips_a_checkpoint_cut_short_by_a_kill_and_a_finished_run_is_lef
     before = results(tmp_path / "run")
     assert train.run(train.parse_args([*command, "--resume"])) == before  # finished: nothing to do
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == weights
+
+
+def test_a_run_killed_while_it_writes_a_checkpoint_resumes_to_the_end(text_files, tmp_path):
+    """A real SIGKILL of the training process between a checkpoint's weights and its trainer state."""
+    files = ["--train_file", str(text_files["train_txt"]), "--validation_file", str(text_files["valid_txt"])]
+    steps = ["--max_steps", "6", "--save_steps", "3", "--eval_steps", "3", "--logging_steps", "1"]
+    command = tiny(tmp_path / "run", *files, *steps)
+    marker = tmp_path / "writing-checkpoint-6"
+    # The child holds still inside its second checkpoint save, after the weights, and says so.
+    script = textwrap.dedent(
+        f"""
+        import pathlib, sys, time
+        import transformers
+        from llm_memory import train
+
+        save = transformers.Trainer._save_optimizer_and_scheduler
+
+        def held(self, output_dir):
+            if output_dir.endswith("checkpoint-6"):
+                pathlib.Path({str(marker)!r}).touch()
+                time.sleep(600)
+            save(self, output_dir)
+
+        transformers.Trainer._save_optimizer_and_scheduler = held
+        sys.exit(train.main({command!r}))
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before checkpoint-6"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(30) == -signal.SIGKILL
+    finally:
+        process.kill()
+    assert (tmp_path / "run" / "checkpoint-6" / "model.safetensors").is_file()
+    assert not train.checkpoint_is_complete(str(tmp_path / "run" / "checkpoint-6"))
+    assert train.main([*command, "--resume"]) == 0
+    assert results(tmp_path / "run")["epoch"] > 0
+    assert not list((tmp_path / "run").glob("checkpoint-*"))  # the final folder holds the model only
 
 
 def free_port() -> int:
