@@ -622,3 +622,33 @@ def test_residual_projections_get_gpt2_scaled_init():
     assert block.attn.qkv_proj.weight.std().item() == pytest.approx(config.initializer_range, rel=0.1)
     forget_gate = model.model.memory.lstm.bias_ih_l0[config.hidden_size : 2 * config.hidden_size]
     assert torch.all(forget_gate == 1.0)
+
+
+@pytest.mark.parametrize("use_lstm", [False, True])
+@pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
+def test_torch_export_with_a_padding_mask_gives_the_eager_logits(position_embedding_type, use_lstm):
+    model = tiny_lm(use_lstm=use_lstm, position_embedding_type=position_embedding_type)
+    ids = random_ids(3, 9)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding
+    mask[1, 6:] = 0  # right padding
+    exported = torch.export.export(model, (), {"input_ids": ids, "attention_mask": mask, "use_cache": False})
+    with torch.no_grad():
+        eager = model(ids, attention_mask=mask, use_cache=False).logits
+        traced = exported.module()(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    real = mask.bool()
+    torch.testing.assert_close(traced[real], eager[real], atol=1e-5, rtol=1e-5)
+
+
+def test_the_lstms_traced_path_equals_its_packed_path():
+    memory = tiny_lm(use_lstm=True).model.memory
+    x = torch.randn(3, 7, memory.lstm.input_size)
+    mask = torch.tensor(
+        [[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0]], dtype=torch.bool
+    )
+    state = (torch.randn(1, 3, memory.lstm.hidden_size), torch.randn(1, 3, memory.lstm.hidden_size))
+    with torch.no_grad():
+        packed, (h, c) = memory._packed(x, mask, state)
+        stepped, (h2, c2) = memory._masked_steps(x, mask, state)
+    torch.testing.assert_close(stepped, packed, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close((h2, c2), (h, c), atol=1e-5, rtol=1e-5)  # the empty row keeps its state

@@ -201,6 +201,10 @@ class MemoryTransformerLSTMMemory(nn.Module):
         if resets is not None:
             memory, new_state = self._segmented(x, token_mask, state, resets)
             return hidden_states + self.dropout(self.out_proj(memory)), new_state
+        if token_mask is not None and torch.compiler.is_compiling():
+            # Traced for torch.export or torch.compile: no branch on the mask's values.
+            memory, new_state = self._masked_steps(x, token_mask, state)
+            return hidden_states + self.dropout(self.out_proj(memory)), new_state
         no_padding = token_mask is None or bool(token_mask.all())
         if no_padding and x.shape[1] == 1:
             memory, new_state = self._step(x[:, 0], state)
@@ -235,6 +239,20 @@ class MemoryTransformerLSTMMemory(nn.Module):
             cs.append(c)
             inputs = h
         return inputs[:, None], (torch.stack(hs), torch.stack(cs))
+
+    def _masked_steps(self, x, token_mask, state):
+        """Token by token with the cell function, a pad leaving the state as it was: the packed path's
+        results without its data-dependent lengths, for tracing."""
+        if state is None:
+            zeros = x.new_zeros(self.lstm.num_layers, x.shape[0], self.lstm.hidden_size)
+            state = (zeros, zeros)
+        outputs = []
+        for t in range(x.shape[1]):
+            keep = token_mask[:, t, None]  # (B, 1)
+            output, (h, c) = self._step(x[:, t], state)
+            state = (torch.where(keep, h, state[0]), torch.where(keep, c, state[1]))
+            outputs.append(output[:, 0] * keep)
+        return torch.stack(outputs, dim=1), state
 
     def _packed(self, x, token_mask, state):
         batch_size, seq_len, _ = x.shape
