@@ -1144,8 +1144,9 @@ class ClassifyBatcher:
 
     The first request to arrive leads: it waits while others keep coming (until none has come for
     ``quiet_s``, at most ``window_s``), classifies up to ``max_batch_size`` of them in one pass, hands
-    each its result, and goes on until none is waiting. Requests that find a leader wait for it. So 16
-    users who click at once share one forward and backward pass instead of queueing for 16.
+    each its result, and goes on until its own result is in; then a waiting request leads. Requests that
+    find a leader wait for it. So 16 users who click at once share one forward and backward pass instead
+    of queueing for 16, and under steady load no request waits on passes after its own.
     """
 
     def __init__(
@@ -1158,29 +1159,32 @@ class ClassifyBatcher:
     ):
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size, self.window_s, self.quiet_s = max_batch_size, window_s, quiet_s
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()  # guards the fields below; notified after each pass
         self._waiting: list[_Pending] = []
         self._leading = False
         self._arrived = 0.0  # when the last request came
 
     def run(self, ids: list[int]) -> tuple[list[float], int, torch.Tensor]:
         pending = _Pending(ids)
-        with self._lock:
+        with self._cond:
             self._waiting.append(pending)
             self._arrived = time.monotonic()
-            lead = not self._leading
-            self._leading = True
+            while self._leading and not pending.done.is_set():
+                self._cond.wait()
+            lead = not pending.done.is_set()
+            self._leading = self._leading or lead
         if lead:
-            self._lead()
-        pending.done.wait()
+            self._lead(pending)
         if pending.error is not None:
             raise pending.error
         return pending.result
 
-    def _lead(self):
+    def _lead(self, own: _Pending):
+        """Passes over the waiting requests until ``own`` is done; then a waiting request leads, so
+        that under steady load no request waits on others' passes after its own."""
         start = time.monotonic()
         while True:
-            with self._lock:
+            with self._cond:
                 now = time.monotonic()
                 gathering = (
                     len(self._waiting) < self.max_batch_size
@@ -1190,9 +1194,6 @@ class ClassifyBatcher:
                 if not gathering:
                     batch = self._waiting[: self.max_batch_size]
                     self._waiting = self._waiting[self.max_batch_size :]
-                    if not batch:
-                        self._leading = False
-                        return
             if gathering:
                 time.sleep(self.quiet_s / 4)
                 continue
@@ -1206,9 +1207,14 @@ class ClassifyBatcher:
                 for item, result in zip(batch, results, strict=True):
                     item.result = result
                     item.done.set()
-            with self._lock:
+            with self._cond:
                 # Those that came during the pass go at once, as the next batch.
                 start, self._arrived = time.monotonic(), 0.0
+                if own.done.is_set():
+                    self._leading = False
+                self._cond.notify_all()
+                if not self._leading:
+                    return
 
 
 # ---------------------------------------------------------------------------------------------------

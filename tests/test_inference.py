@@ -910,6 +910,30 @@ def test_concurrent_classify_requests_share_passes_and_get_their_own_results(mod
         torch.testing.assert_close(scores, alone_scores, atol=1e-5, rtol=1e-4)
 
 
+def test_a_leading_classify_request_returns_under_steady_load(models):
+    model, tokenizer = models.classifier, models.classifier_tokenizer
+    batcher = inference.ClassifyBatcher(model, tokenizer, max_batch_size=2, window_s=0.2, quiet_s=0.1)
+    ids = inference.encode(tokenizer, "Great.")
+    stop = threading.Event()
+
+    def steady():
+        while not stop.is_set():
+            batcher.run(ids)
+
+    first = threading.Thread(target=batcher.run, args=(ids,))
+    first.start()  # the server is idle: this request leads
+    load = [threading.Thread(target=steady) for _ in range(12)]  # more than a pass takes
+    for thread in load:
+        thread.start()
+    try:
+        first.join(10)
+        assert not first.is_alive()  # done while the others keep the queue full
+    finally:
+        stop.set()
+        for thread in load:
+            thread.join(30)
+
+
 def test_a_failed_classify_pass_fails_its_requests_and_the_next_one_runs(models, monkeypatch):
     model, tokenizer = models.classifier, models.classifier_tokenizer
     batcher = inference.ClassifyBatcher(model, tokenizer)
