@@ -89,7 +89,7 @@ SUMMARIZE_EXAMPLES = [
     "argue about money and about the future of the farm. By the end of the summer the farm is sold. "
     "The last scene shows the lake in winter, empty and quiet.",
 ]
-# What each sentence-salience method does, and why lead is the default (inference.default_summary_method;
+# What each sentence-salience method does, and why lead is the default (inference.DEFAULT_SUMMARY_METHOD;
 # bench/summarize_rouge.py, figures in docs/benchmarks.md).
 SUMMARY_METHODS_INFO = (
     "lead: the first sentences, the default: best on the docstring benchmark (ROUGE-1 19.7; attention "
@@ -378,7 +378,7 @@ def summarize_tab(models: Models) -> None:
             )
             method = gr.Radio(
                 [m for m in inference.SUMMARY_METHODS if m != "summarizer" or models.summarizer is not None],
-                value=inference.default_summary_method(models),
+                value=inference.DEFAULT_SUMMARY_METHOD,
                 label="Sentence salience",
                 info=SUMMARY_METHODS_INFO,
             )

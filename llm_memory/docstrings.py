@@ -165,8 +165,14 @@ _SKIPPED_FOLDERS = frozenset({"tests", "test", "testing"})
 VALIDATION_EVERY = 20
 
 
+@functools.lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    """Import name -> the distributions that provide it (a scan of every installed one: done once)."""
+    return importlib.metadata.packages_distributions()
+
+
 def _distribution_version(package: str) -> str:
-    for distribution in importlib.metadata.packages_distributions().get(package, [package]):
+    for distribution in _distributions().get(package, [package]):
         try:
             return importlib.metadata.version(distribution)
         except importlib.metadata.PackageNotFoundError:

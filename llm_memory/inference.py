@@ -77,8 +77,12 @@ FALLBACK_WINDOW = 1024
 
 # How each summary method ranks sentences (``sentence_salience``): the first sentences first (lead),
 # the sentences closest to a summarizer's abstract, and the language model's own view (centroid,
-# attention). Lead is the default (``default_summary_method``).
+# attention).
 SUMMARY_METHODS = ("lead", "summarizer", "centroid", "attention")
+# The method with the best ROUGE on the docstring benchmark (bench/summarize_rouge.py): lead-1 (19.7
+# ROUGE-1), ahead of the summarizer (19.3 with summarizer v1), attention (18.0) and centroid (14.8),
+# which is random (15.0).
+DEFAULT_SUMMARY_METHOD = "lead"
 # (low, high) of each parameter, inclusive: the decoding settings' (llm_memory/generation_settings.py)
 # and the summary's.
 RANGES = {**GENERATION_RANGES, "num_sentences": (1, 10)}
@@ -1088,11 +1092,7 @@ def classify(models: Models, text: str) -> ClassifyResult:
     window = context_window(model, tokenizer)
     truncated = max(0, len(ids) - window)
     ids = truncate(ids, window, tokenizer)
-    probabilities, target, token_scores = (
-        models.classify_batcher.run(ids)
-        if models.classify_batcher is not None
-        else classify_ids(model, tokenizer, [ids])[0]
-    )
+    probabilities, target, token_scores = models.classify_batcher.run(ids)
     labels = _label_names(model)
     attributions = [
         (piece.text, float(token_scores[piece.start : piece.end].sum()))
@@ -1278,13 +1278,6 @@ def _windows(sentence_ids: list[list[int]], window: int) -> list[list[int]]:
     return windows
 
 
-def default_summary_method(models: Models) -> str:
-    """The method with the best ROUGE on the docstring benchmark (bench/summarize_rouge.py): lead-1
-    (19.7 ROUGE-1), ahead of the summarizer (19.3 with summarizer v1), attention (18.0) and centroid
-    (14.8), which is random (15.0)."""
-    return "lead"
-
-
 def abstract_overlap(abstract: str, document: str, spans: list[tuple[int, int]]) -> list[float]:
     """Each sentence's ROUGE-1 F1 (stemmed) against the summarizer's abstract of the document: the
     sentences that say what the abstract says score high."""
@@ -1367,12 +1360,12 @@ def summarize(
 ) -> SummaryResult:
     """Picks the ``num_sentences`` most salient sentences (by ``method``, see ``sentence_salience``).
 
-    ``method`` defaults to ``default_summary_method``. With ``abstractive`` and a summarizer loaded, the
+    ``method`` defaults to ``DEFAULT_SUMMARY_METHOD``. With ``abstractive`` and a summarizer loaded, the
     result also holds a generated abstract.
     """
     text = clean_text(text)
     num_sentences = check_number("num_sentences", num_sentences)
-    method = check_choice("method", method or default_summary_method(models), SUMMARY_METHODS)
+    method = check_choice("method", method or DEFAULT_SUMMARY_METHOD, SUMMARY_METHODS)
     spans = split_sentences(text)
     wants_abstract = models.summarizer is not None and (abstractive or method == "summarizer")
     abstract = _abstract(models, text) if wants_abstract else None

@@ -499,7 +499,8 @@ def check_arguments(args: Arguments) -> None:
     model_args, data_args, run_args, training_args = args.model, args.data, args.run, args.training
     if model_args.init_from:
         require_model_folder(model_args.init_from, "--init_from")
-        max_positions = MemoryTransformerConfig.from_pretrained(model_args.init_from).max_position_embeddings
+        init_config = MemoryTransformerConfig.from_pretrained(model_args.init_from)
+        max_positions = init_config.max_position_embeddings
     else:
         config_from_args(model_args)  # the size checks live in the config
         max_positions = model_args.max_position_embeddings
@@ -527,11 +528,7 @@ def check_arguments(args: Arguments) -> None:
             f"--memory_windows must be from 1 to {MAX_MEMORY_WINDOWS}, got {data_args.memory_windows}."
         )
     if data_args.memory_windows > 1:
-        use_lstm = (
-            MemoryTransformerConfig.from_pretrained(model_args.init_from).use_lstm
-            if model_args.init_from
-            else model_args.use_lstm
-        )
+        use_lstm = init_config.use_lstm if model_args.init_from else model_args.use_lstm
         if data_args.task != "classification" or not use_lstm:
             raise ValueError(
                 "--memory_windows reads texts window by window through the LSTM memory for classification: "
