@@ -452,9 +452,9 @@ def build_demo(models: Models, concurrency: int = CONCURRENCY) -> gr.Blocks:
             # remembers past its window.
             memory_models = {}
             if (MEMORY_MODEL / "config.json").is_file():
-                memory_models["passkey fine-tuned"] = str(MEMORY_MODEL)
+                memory_models["memory model"] = str(MEMORY_MODEL)
             memory_models["language model"] = (models.lm, models.lm_tokenizer)
-            add_memory_tab(memory_models, results_dir=HERE / "bench" / "memory_results")
+            add_memory_tab(memory_models)
     # A bounded queue: past QUEUE_SIZE waiting jobs a request is told the queue is full, rather than
     # waiting minutes while the server's memory grows with every job held.
     demo.queue(default_concurrency_limit=concurrency, max_size=QUEUE_SIZE)

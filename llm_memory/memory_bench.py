@@ -24,10 +24,12 @@ initialized LSTM gates, and a few thousand steps; the loss sits at chance for th
 import json
 import os
 import random
+import re
 import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,9 +48,12 @@ from . import probes
 from .memory import RecurrentTrainer, chrono_init_, shrink_window, window_size, windowed_forward
 from .model_card import ModelCardInfo, build_model_card
 from .probes import TASKS, Probe
+from .train import last_complete_checkpoint
 
 VARIANTS = ("attention", "lstm", "lstm+kv")
 RESULTS_DIR = Path(os.environ.get("MEMORY_RESULTS_DIR", "bench/memory_results"))
+# A fine-tuned memory model keeps its own reports here, inside its folder; the Memory tab reads them.
+MODEL_RESULTS_DIR = "memory_results"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -140,6 +145,29 @@ def evaluate(model, eval_probes: list[Probe], window: int, carry_kv: int, carry_
     }
 
 
+def window_guess(eval_probes: list[Probe], tokenizer, window: int) -> float:
+    """Expected exact match of a reader that sees only the question's window (attention alone) and picks
+    uniformly among the answers of the right form written there: the places named in it for qa1 and
+    qa2, the numbers for passkey and kv; with none there, it guesses at chance. Beyond the window this
+    is what attention alone can reach by guessing from context, the baseline the curves are read against."""
+    if not eval_probes:
+        raise ValueError("window_guess needs at least one probe.")
+    total = 0.0
+    for probe in eval_probes:
+        first = len(probe.input_ids) - 1
+        seen = tokenizer.decode(probe.input_ids[reach_start(first, window, 0) : probe.question_start])
+        answer = probe.answer.strip()
+        if probe.task in ("qa1", "qa2"):
+            candidates = {place for place in probes.QA1_LOCATIONS if re.search(rf"\b{place}\b", seen)}
+        else:
+            candidates = set(re.findall(rf"\b\d{{{len(answer)}}}\b", seen))
+        if candidates:
+            total += (answer in candidates) / len(candidates)
+        else:
+            total += probes.chance_level(probe.task)["exact"]
+    return total / len(eval_probes)
+
+
 def parse_ranges(text: str, name: str) -> list[tuple[int, int]]:
     """``"10-300,10-60,40"`` -> ``[(10, 300), (10, 60), (40, 40)]``: distance ranges, in tokens."""
     ranges = []
@@ -158,7 +186,7 @@ def parse_ranges(text: str, name: str) -> list[tuple[int, int]]:
 
 
 def training_probes(
-    task: str,
+    task: str | Sequence[str],
     ranges: list[tuple[int, int]],
     steps: int,
     batch_size: int,
@@ -167,18 +195,21 @@ def training_probes(
     seed: int,
     align: bool = True,
 ) -> Dataset:
-    """``steps`` batches of ``batch_size`` probes over train-split reviews, in order. Each batch draws one
-    of ``ranges``, then one distance in it (at least the question's length); its probes are made equally
-    long by more distractor text in front, so a batch needs no padding."""
+    """``steps`` batches of ``batch_size`` probes over train-split reviews, in order. Batches take the
+    tasks in turn (one task or several); each draws one of ``ranges``, then one distance in it (at least
+    the question's length); its probes are made equally long by more distractor text in front, so a
+    batch needs no padding."""
+    tasks = [task] if isinstance(task, str) else list(task)
     rng = random.Random(seed)
     distractors = probes.as_distractors(None, tokenizer, "train")
-    shortest = probes.min_distance(task, tokenizer)
+    shortest = {name: probes.min_distance(name, tokenizer) for name in tasks}
     rows = []
-    for _ in range(steps):
+    for step in range(steps):
+        name = tasks[step % len(tasks)]
         low, high = rng.choice(ranges)
-        distance = max(shortest, rng.randint(low, high))
+        distance = max(shortest[name], rng.randint(low, high))
         batch = [
-            probes.make_probe(task, distance, tokenizer, rng, distractors, align_to=window if align else None)
+            probes.make_probe(name, distance, tokenizer, rng, distractors, align_to=window if align else None)
             for _ in range(batch_size)
         ]
         length = max(len(probe.input_ids) + len(probe.answer_ids) for probe in batch)
@@ -194,7 +225,7 @@ def training_probes(
 def fine_tune(
     model,
     tokenizer,
-    task: str,
+    task: str | Sequence[str],
     ranges: list[tuple[int, int]],
     steps: int,
     window: int,
@@ -205,14 +236,19 @@ def fine_tune(
     batch_size: int = 1,
     bptt_windows: int | None = None,
     align: bool = True,
+    output_dir: str | os.PathLike | None = None,
+    save_steps: int = 200,
 ) -> list[dict]:
     """``steps`` updates of ``batch_size`` probes each (see ``training_probes``), read window by window as
     the variant is evaluated: AdamW, warm-up, then a cosine decay to 5% of ``learning_rate``. Returns the
-    Trainer's log history."""
+    Trainer's log history.
+
+    With ``output_dir`` the Trainer keeps a checkpoint there every ``save_steps`` steps (the last two),
+    and a stopped run started again with the same arguments resumes from its newest complete one."""
     train = training_probes(task, ranges, steps, batch_size, tokenizer, window, seed + 1, align)
-    with tempfile.TemporaryDirectory() as output_dir:
+    with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
-            output_dir=output_dir,
+            output_dir=str(output_dir or scratch),
             max_steps=steps,
             per_device_train_batch_size=batch_size,
             train_sampling_strategy="sequential",  # the batches are built in order, equal lengths in each
@@ -220,8 +256,10 @@ def fine_tune(
             warmup_steps=min(50, steps // 10),
             lr_scheduler_type="cosine_with_min_lr",
             lr_scheduler_kwargs={"min_lr_rate": 0.05},
-            logging_steps=max(1, steps // 10),
-            save_strategy="no",
+            logging_steps=max(1, min(100, steps // 10)),
+            save_strategy="steps" if output_dir else "no",
+            save_steps=save_steps,
+            save_total_limit=2,
             report_to="none",
             disable_tqdm=True,
             seed=seed,
@@ -237,7 +275,10 @@ def fine_tune(
             bptt_windows=bptt_windows,
             **settings,
         )
-        trainer.train()
+        resume_from = last_complete_checkpoint(str(output_dir)) if output_dir else None
+        if resume_from:
+            print(f"Resuming from {resume_from}", flush=True)
+        trainer.train(resume_from_checkpoint=resume_from)
     model.eval()
     return trainer.state.log_history
 
@@ -267,7 +308,17 @@ def markdown_table(report: dict) -> str:
     chance = report["chance"]
     per_token = f" ({chance['per_token']:.2f})" if chance["per_token"] is not None else ""
     lines.append(f"| chance | {chance['exact']:.2g}{per_token} |" + " |" * (len(distances) - 1))
+    guess = report.get("window_guess")
+    if guess:
+        lines.append(
+            "| guess from the window | " + " | ".join(f"{guess[str(d)]:.2f}" for d in distances) + " |"
+        )
     lines += ["", f"\\* beyond the window. Chance: {chance['note']}."]
+    if guess:
+        lines[-1] += (
+            " Guess from the window: picking among the answers of the right form that the question's "
+            "window names (attention alone, guessing from context)."
+        )
     return "\n".join(lines)
 
 
@@ -290,6 +341,18 @@ def accuracy_figure(report: dict):
             )
         )
     figure.add_hline(y=report["chance"]["exact"], line_dash="dot", annotation_text="chance")
+    guess = report.get("window_guess")
+    if guess:
+        figure.add_trace(
+            go.Scatter(
+                x=report["distances"],
+                y=[guess[str(d)] for d in report["distances"]],
+                mode="lines",
+                line={"dash": "dot", "color": "gray"},
+                name="guess from the window",
+                hovertemplate="distance %{x}<br>guess %{y:.2f}<extra>guess from the window</extra>",
+            )
+        )
     # A trace, not add_vline: on a log axis plotly places shapes by log10(x), which would push it off the chart.
     figure.add_trace(
         go.Scatter(
@@ -325,6 +388,16 @@ def save_png(report: dict, path: Path) -> None:
         rows = sorted((r for r in report["results"] if r["variant"] == variant), key=lambda r: r["distance"])
         ax.plot([r["distance"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=variant)
     ax.axhline(report["chance"]["exact"], color="gray", linestyle=":", label="chance")
+    guess = report.get("window_guess")
+    if guess:
+        distances = report["distances"]
+        ax.plot(
+            distances,
+            [guess[str(d)] for d in distances],
+            color="gray",
+            linestyle="-.",
+            label="guess from the window",
+        )
     ax.axvline(report["window"], color="black", linestyle="--", linewidth=0.8, label="attention window")
     ax.set_xscale("log")
     ax.set_xticks(report["distances"], [str(d) for d in report["distances"]])
@@ -355,7 +428,13 @@ def load_report(path: str | os.PathLike) -> dict | None:
 @dataclass
 class BenchArguments:
     model: str = field(metadata={"help": "Folder of a saved causal LM and its tokenizer."})
-    task: str = field(default="passkey", metadata={"help": f"One of {', '.join(TASKS)}."})
+    task: str = field(
+        default="passkey",
+        metadata={
+            "help": f"One of {', '.join(TASKS)}, or several comma-separated: one model is then fine-tuned on "
+            "all of them (batches take the tasks in turn) and each is evaluated."
+        },
+    )
     distances: str = field(
         default="256,1024,4096",
         metadata={"help": "Comma-separated distances in tokens from the fact to the end of the question."},
@@ -363,8 +442,20 @@ class BenchArguments:
     samples: int = field(default=20, metadata={"help": "Evaluation probes per distance."})
     seed: int = field(default=0, metadata={"help": "Seed of the probes and of training."})
     json: str | None = field(
-        default=None, metadata={"help": "Output JSON; default bench/memory_results/TASK.json."}
+        default=None, metadata={"help": "Output JSON of a single task; default RESULTS_DIR/TASK.json."}
     )
+    results_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of each task's TASK.json (and plots); default bench/memory_results."},
+    )
+    checkpoint_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Keep Trainer checkpoints of the fine-tuning here (outside the work tree); the same "
+            "command run again resumes from the newest complete one."
+        },
+    )
+    save_steps: int = field(default=200, metadata={"help": "Steps between checkpoints in --checkpoint_dir."})
     train_steps: int = field(
         default=100, metadata={"help": "Fine-tuning steps (one probe each) per variant; 0 evaluates as is."}
     )
@@ -442,9 +533,17 @@ def parse_list(text: str, name: str, kind=str) -> list:
         raise BenchError(f"--{name} must be comma-separated integers, got {text!r}.") from None
 
 
-def check_arguments(args: BenchArguments) -> tuple[list[int], list[str]]:
-    if args.task not in TASKS:
-        raise BenchError(f"Unknown task {args.task!r}; choose one of {', '.join(TASKS)}.")
+def check_arguments(args: BenchArguments) -> tuple[list[str], list[int], list[str]]:
+    tasks = parse_list(args.task, "task")
+    for task in tasks:
+        if task not in TASKS:
+            raise BenchError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    if len(set(tasks)) != len(tasks):
+        raise BenchError(f"--task names a task twice: {args.task!r}.")
+    if args.json and len(tasks) > 1:
+        raise BenchError("--json names one file; with several tasks use --results_dir.")
+    if args.save_steps < 1:
+        raise BenchError(f"--save_steps must be at least 1, got {args.save_steps}.")
     distances = parse_list(args.distances, "distances", int)
     if any(d <= 0 for d in distances):
         raise BenchError(f"--distances must all be positive (tokens), got {args.distances!r}.")
@@ -466,13 +565,14 @@ def check_arguments(args: BenchArguments) -> tuple[list[int], list[str]]:
         raise BenchError(f"Model folder {args.model!r} not found; pass a folder written by save_pretrained.")
     if not (Path(args.model) / "config.json").is_file():
         raise BenchError(f"{args.model!r} has no config.json; pass a folder written by save_pretrained.")
-    return sorted(set(distances)), variants
+    return tasks, sorted(set(distances)), variants
 
 
-def run_benchmark(args: BenchArguments, command: str | None = None) -> dict:
-    """Fine-tunes, evaluates every variant at every distance and returns the report; with
-    ``--save_dir`` also saves the fine-tuned model, its card stating ``command`` and the results."""
-    distances, variants = check_arguments(args)
+def run_benchmark(args: BenchArguments, command: str | None = None) -> dict[str, dict]:
+    """Fine-tunes, evaluates every variant of every task at every distance and returns one report per
+    task; with ``--save_dir`` also saves the fine-tuned model, its card stating ``command`` and the
+    reports (``memory_results/TASK.json`` in the folder: the Memory tab shows those)."""
+    tasks, distances, variants = check_arguments(args)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     config = AutoConfig.from_pretrained(args.model)
     window = args.window or config.max_position_embeddings
@@ -492,23 +592,26 @@ def run_benchmark(args: BenchArguments, command: str | None = None) -> dict:
         raise BenchError(f"--chrono_init must be at least 3 tokens, got {args.chrono_init}.")
     if not config.use_lstm and any(v != "attention" for v in variants):
         print("note: this model has no LSTM, so the lstm variants carry nothing but keys/values.")
-    # Probes first: a distance too short for the question fails before any model is loaded.
+    # Probes first: a distance too short for a question fails before any model is loaded.
     distractors = probes.as_distractors(None, tokenizer, "test")
-    rng = random.Random(args.seed)
     align_to = window if args.align else None
-    try:
-        eval_probes = {
-            distance: [
-                probes.make_probe(args.task, distance, tokenizer, rng, distractors, align_to=align_to)
-                for _ in range(args.samples)
-            ]
-            for distance in distances
-        }
-    except ValueError as error:
-        raise BenchError(str(error)) from None
+    eval_probes = {}
+    for task in tasks:
+        rng = random.Random(args.seed)  # each task's probes as a run of that task alone draws them
+        try:
+            eval_probes[task] = {
+                distance: [
+                    probes.make_probe(task, distance, tokenizer, rng, distractors, align_to=align_to)
+                    for _ in range(args.samples)
+                ]
+                for distance in distances
+            }
+        except ValueError as error:
+            raise BenchError(str(error)) from None
 
-    def tuned(settings: dict):
-        """The checkpoint, fine-tuned (curriculum, then the main steps) to read as ``settings`` say."""
+    def tuned(variant: str):
+        """The checkpoint, fine-tuned (curriculum, then the main steps) to read as ``variant`` does."""
+        settings = variant_settings(variant, window, args.carry_kv)
         model = AutoModelForCausalLM.from_pretrained(args.model).to(DEVICE)
         history = []
         if args.train_steps and args.chrono_init is not None:
@@ -521,7 +624,7 @@ def run_benchmark(args: BenchArguments, command: str | None = None) -> dict:
                 log = fine_tune(
                     model,
                     tokenizer,
-                    args.task,
+                    tasks,
                     ranges,
                     steps,
                     window,
@@ -531,88 +634,110 @@ def run_benchmark(args: BenchArguments, command: str | None = None) -> dict:
                     batch_size=args.batch_size,
                     bptt_windows=args.bptt_windows,
                     align=args.align,
+                    output_dir=Path(args.checkpoint_dir) / f"{variant}-{stage}"
+                    if args.checkpoint_dir
+                    else None,
+                    save_steps=args.save_steps,
                 )
                 history += [{**row, "stage": stage} for row in log if "loss" in row]
         return model.eval(), history
 
-    started, results, training = time.time(), [], {}
+    started, results, training = time.time(), {task: [] for task in tasks}, {}
     model = shared = kept = None
     for variant in variants:
         settings = variant_settings(variant, window, args.carry_kv)
         if args.share_fine_tune:
             if shared is None:
-                shared, training[args.save_variant] = tuned(
-                    variant_settings(args.save_variant, window, args.carry_kv)
-                )
+                shared, training[args.save_variant] = tuned(args.save_variant)
             model = shared
         elif model is None or args.train_steps:
             # Each variant is fine-tuned from the same weights, the way it is then evaluated.
-            model, training[variant] = tuned(settings)
-        for distance in distances:
-            row = evaluate(
-                model, eval_probes[distance], window, settings["carry_kv"], settings["carry_state"]
-            )
-            results.append({"variant": variant, "distance": distance, **settings, **row})
-            print(f"{variant:>9} distance {distance:>6}: accuracy {row['accuracy']:.2f}", flush=True)
+            model, training[variant] = tuned(variant)
+        for task in tasks:
+            for distance in distances:
+                row = evaluate(
+                    model, eval_probes[task][distance], window, settings["carry_kv"], settings["carry_state"]
+                )
+                results[task].append({"variant": variant, "distance": distance, **settings, **row})
+                print(
+                    f"{task:>7} {variant:>9} distance {distance:>6}: accuracy {row['accuracy']:.2f}",
+                    flush=True,
+                )
         if variant == args.save_variant or args.share_fine_tune:
             kept = model
-    report = {
-        "task": args.task,
-        "model": str(args.model),
-        "window": window,
-        "distances": distances,
-        "variants": variants,
-        "samples": args.samples,
-        "seed": args.seed,
-        "train_steps": args.train_steps,
-        "train_distances": args.train_distances or args.distances,
-        "batch_size": args.batch_size,
-        "curriculum_steps": args.curriculum_steps,
-        "curriculum_distances": args.curriculum_distances,
-        "chrono_init": args.chrono_init,
-        "share_fine_tune": args.share_fine_tune,
-        "learning_rate": args.learning_rate,
-        "bptt_windows": args.bptt_windows,
-        "aligned": args.align,
-        "chance": probes.chance_level(args.task),
-        "results": results,
-        "training_loss": training,
-        "seconds": round(time.time() - started, 1),
+    seconds = round(time.time() - started, 1)
+    reports = {
+        task: {
+            "task": task,
+            "model": str(args.model),
+            "trained_tasks": tasks if args.train_steps else [],
+            "window": window,
+            "distances": distances,
+            "variants": variants,
+            "samples": args.samples,
+            "seed": args.seed,
+            "train_steps": args.train_steps,
+            "train_distances": args.train_distances or args.distances,
+            "batch_size": args.batch_size,
+            "curriculum_steps": args.curriculum_steps,
+            "curriculum_distances": args.curriculum_distances,
+            "chrono_init": args.chrono_init,
+            "share_fine_tune": args.share_fine_tune,
+            "learning_rate": args.learning_rate,
+            "bptt_windows": args.bptt_windows,
+            "aligned": args.align,
+            "chance": probes.chance_level(task),
+            "window_guess": {
+                str(distance): window_guess(eval_probes[task][distance], tokenizer, window)
+                for distance in distances
+            },
+            "results": results[task],
+            "training_loss": training,
+            "seconds": seconds,
+        }
+        for task in tasks
     }
     if args.save_dir:
         save_memory_model(
-            kept, tokenizer, args.save_dir, report, command or "python -m llm_memory.memory_bench"
+            kept, tokenizer, args.save_dir, reports, command or "python -m llm_memory.memory_bench"
         )
-    return report
+    return reports
 
 
-def save_memory_model(model, tokenizer, folder: str, report: dict, command: str) -> None:
-    """Saves the fine-tuned model with the benchmark's window as its own, its tokenizer, and a model
-    card with the command and the results."""
-    shrink_window(model, report["window"])
+def save_memory_model(model, tokenizer, folder: str, reports: dict[str, dict], command: str) -> None:
+    """Saves the fine-tuned model with the benchmark's window as its own, its tokenizer, a model card
+    with the command and the results, and each task's report as ``memory_results/TASK.json``."""
+    first = next(iter(reports.values()))
+    shrink_window(model, first["window"])
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    tasks = ", ".join(reports)
     info = ModelCardInfo(
         model_name=Path(folder).name,
         task="lm",
         metrics={},
         command=command,
-        dataset_name=f"{report['task']} memory probes in movie reviews",
-        dataset_type=f"memory-probes-{report['task']}",
+        dataset_name=f"{tasks} memory probes in movie reviews",
+        dataset_type="memory-probes-" + "-".join(reports),
         dataset_description=(
-            f"{report['task']} probes (`llm_memory.probes`): facts placed at set distances inside "
+            f"{tasks} probes (`llm_memory.probes`): facts placed at set distances inside "
             "training-split reviews of the built-in movie review corpus, read window by window with "
             "the memory carried; the loss is on the answer only"
         ),
         config=model.config.to_dict(),
         num_parameters=model.num_parameters(),
-        init_from=report["model"],
+        init_from=first["model"],
         evaluation=(
             "Exact-match recall against distance, on probes over test-split reviews "
-            "(`python -m llm_memory.memory_bench`):\n\n" + markdown_table(report)
+            "(`python -m llm_memory.memory_bench`):\n\n"
+            + "\n\n".join(markdown_table(report) for report in reports.values())
         ),
     )
     (Path(folder) / "README.md").write_text(build_model_card(info), encoding="utf-8")
+    results = Path(folder) / MODEL_RESULTS_DIR
+    results.mkdir(exist_ok=True)
+    for task, report in reports.items():
+        (results / f"{task}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 def write_outputs(report: dict, json_path: Path, plot_dir: Path) -> dict[str, Path]:
@@ -634,16 +759,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser(BenchArguments)
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     try:
-        report = run_benchmark(
+        reports = run_benchmark(
             args, "python -m llm_memory.memory_bench " + shlex.join(sys.argv[1:] if argv is None else argv)
         )
     except BenchError as error:
         print(f"memory_bench: error: {error}", file=sys.stderr)
         return 2
-    json_path = Path(args.json) if args.json else RESULTS_DIR / f"{args.task}.json"
-    paths = write_outputs(report, json_path, Path(args.plot_dir) if args.plot_dir else json_path.parent)
-    print(markdown_table(report))
-    print("\nWrote " + ", ".join(str(path) for path in paths.values()))
+    results_dir = Path(args.results_dir) if args.results_dir else RESULTS_DIR
+    written = []
+    for task, report in reports.items():
+        json_path = Path(args.json) if args.json else results_dir / f"{task}.json"
+        paths = write_outputs(report, json_path, Path(args.plot_dir) if args.plot_dir else json_path.parent)
+        print(markdown_table(report) + "\n")
+        written += paths.values()
+    print("Wrote " + ", ".join(str(path) for path in written))
     return 0
 
 

@@ -4,7 +4,9 @@ Follows the layout of Gradio's demos: the work is a pure function (``run_memory_
 the tests), then the layout, then the wiring with an ``api_name``. A probe (see ``probes``) hides a fact
 at a chosen distance in review text; the tab shows the model's answer, the share of attention that the
 question pays to the fact in each layer (only possible when the fact is inside the question's window),
-and the accuracy-against-distance curves of the last ``memory_bench`` run.
+and the accuracy-against-distance curves of the model in use, from the reports that ``memory_bench``
+saved in its folder (``memory_results/TASK.json``). A task the model was never fine-tuned on is run
+all the same, under a notice that says so.
 """
 
 import math
@@ -17,14 +19,26 @@ import plotly.graph_objects as go
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .memory import window_size
-from .memory_bench import RESULTS_DIR, VARIANTS, accuracy_figure, load_report, run_probe, variant_settings
-from .probes import TASKS, Distractors, Probe, as_distractors, make_probe
+from .memory_bench import (
+    MODEL_RESULTS_DIR,
+    VARIANTS,
+    accuracy_figure,
+    load_report,
+    run_probe,
+    variant_settings,
+)
+from .probes import TASKS, Distractors, Probe, as_distractors, chance_level, make_probe
 
 DEFAULT_DISTANCE = 128
 # The farthest a probe of the tab may hide its fact: 64 windows of the embedded memory model (64 tokens)
 # and the benchmark's longest distance; reading it window by window takes a few seconds on a CPU.
 MAX_DISTANCE = 4096
 MAX_SEED = 2**31 - 1
+# Gradio's HighlightedText breaks lines inside words (word-break: break-all on a flex row); the probe is
+# prose, so it flows as text and breaks between words. The tab carries this style itself.
+CSS = """
+#memory-probe .textfield { display: block; word-break: normal; overflow-wrap: break-word; }
+"""
 
 
 def check_integer(name: str, value, low: int, high: int) -> int:
@@ -114,16 +128,43 @@ def run_memory_probe(
         "correct": run.correct,
         "token_accuracy": run.token_accuracy,
         "fact_in_reach": attention is not None,
+        "use_lstm": bool(model.config.use_lstm),
         "attention": attention,
         "message": seen,
         "probe": probe,
     }
 
 
-def attention_figure(result: dict) -> go.Figure | None:
+def attention_figure(result: dict) -> go.Figure:
+    """Bars of the question's attention on the fact per layer; beyond the window, a figure that says why
+    there are none and what can still carry the fact."""
     attention = result["attention"]
     if attention is None:
-        return None
+        carried = result["variant"] != "attention" and result.get("use_lstm", True)
+        lines = [
+            f"The fact is {result['distance']} tokens before the end of the question,",
+            f"beyond the {result['window']}-token window: no attention reaches it, so there is none to draw.",
+            "Only the LSTM state carried from window to window can bring it to the question."
+            if carried
+            else "Nothing is carried across windows in this reading, so the answer can only be a guess.",
+        ]
+        figure = go.Figure()
+        figure.add_annotation(
+            text="<br>".join(lines),
+            x=0.5,
+            y=0.5,
+            xref="paper",
+            yref="paper",
+            showarrow=False,
+            font={"size": 14},
+        )
+        figure.update_layout(
+            title="Share of the question's attention on the fact",
+            xaxis={"visible": False},
+            yaxis={"visible": False},
+            template="plotly_white",
+        )
+        return figure
     layers = [f"layer {i}" for i in range(len(attention["per_layer"]))]
     figure = go.Figure(go.Bar(x=layers, y=attention["per_layer"], name="question → fact"))
     figure.add_hline(y=attention["uniform"], line_dash="dot", annotation_text="if spread evenly")
@@ -150,9 +191,24 @@ def highlighted_prompt(tokenizer, result: dict) -> list[tuple[str, str | None]]:
     return [(text, label) for text, label in parts if text]
 
 
-def summary_markdown(result: dict) -> str:
+def untrained_notice(model_name: str, task: str, trained: Sequence[str], others: Sequence[str]) -> str:
+    """What the tab says above a probe of a task that the model in use was never fine-tuned on."""
+    chance = chance_level(task)
+    text = (
+        f"**`{model_name}` was not trained for `{task}`.** It was never fine-tuned on these probes, so its "
+        f"answers are not expected to be right, inside the window or beyond (chance: {chance['note']})."
+    )
+    if trained:
+        text += f" It was trained for: {', '.join(f'`{name}`' for name in trained)}."
+    if others:
+        text += f" Trained for `{task}`: {', '.join(f'`{name}`' for name in others)} (choose it under Model)."
+    return text
+
+
+def summary_markdown(result: dict, notice: str | None = None) -> str:
     verdict = "right" if result["correct"] else "wrong"
-    lines = [
+    lines = [notice] if notice else []
+    lines += [
         f"**Answer:** `{result['answer'].strip()}` · **model:** `{result['predicted'].strip()}` "
         f"({verdict}; {result['token_accuracy']:.0%} of answer tokens)",
         f"**Fact:** {result['fact'].strip()}",
@@ -169,22 +225,46 @@ def summary_markdown(result: dict) -> str:
     return "\n\n".join(lines)
 
 
-def benchmark_curves(task: str, results_dir: str | os.PathLike = RESULTS_DIR) -> tuple[go.Figure | None, str]:
-    path = Path(results_dir) / f"{task}.json"
-    report = load_report(path)
+def model_reports(folder: str | os.PathLike | None) -> dict[str, dict]:
+    """The memory benchmark reports a model folder carries (``memory_results/TASK.json``), by task."""
+    if not folder or not Path(folder, MODEL_RESULTS_DIR).is_dir():
+        return {}
+    reports = {}
+    for task in TASKS:
+        report = load_report(Path(folder, MODEL_RESULTS_DIR, f"{task}.json"))
+        if report is not None:
+            reports[task] = report
+    return reports
+
+
+def trained_tasks(reports: Mapping[str, dict]) -> list[str]:
+    """Tasks the model was fine-tuned on, from its reports."""
+    tasks = set()
+    for task, report in reports.items():
+        if report.get("train_steps"):
+            tasks.update(report.get("trained_tasks") or [task])
+    return [task for task in TASKS if task in tasks]
+
+
+def benchmark_curves(task: str, reports: Mapping[str, dict], model_name: str) -> tuple[go.Figure | None, str]:
+    """The accuracy-against-distance curves of the model in use on ``task``, and a line saying what they are."""
+    report = reports.get(task)
     if report is None:
         return None, (
-            f"No benchmark results for `{task}` at `{path}`. Run "
-            f"`python -m llm_memory.memory_bench --model MODEL_FOLDER --task {task}` to make them."
+            f"No benchmark curve of `{model_name}` on `{task}`: its folder holds no "
+            f"`{MODEL_RESULTS_DIR}/{task}.json`. `python -m llm_memory.memory_bench --model FOLDER --task {task} "
+            "--save_dir NEW_FOLDER` fine-tunes a model for it and saves the curve with it."
         )
     steps = report["train_steps"] + (report.get("curriculum_steps") or 0)
-    if report.get("share_fine_tune"):
-        tuning = f"one model fine-tuned for {steps} steps, read the three ways"
+    if not report["train_steps"]:
+        tuning = "evaluated as it is, without fine-tuning"
+    elif report.get("share_fine_tune"):
+        tuning = f"one model fine-tuned from `{report['model']}` for {steps} steps, read the three ways"
     else:
-        tuning = f"{steps} fine-tuning steps per variant"
+        tuning = f"{steps} fine-tuning steps per variant from `{report['model']}`"
     return accuracy_figure(report), (
-        f"Last benchmark run: `{report['model']}` with a {report['window']}-token window, "
-        f"{report['samples']} probes per distance, {tuning}."
+        f"`{model_name}` on `{task}`: a {report['window']}-token window, {report['samples']} probes per "
+        f"distance, {tuning}."
     )
 
 
@@ -204,21 +284,29 @@ def _model_table(models) -> dict:
     }
 
 
-def add_memory_tab(
-    models,
-    results_dir: str | os.PathLike = RESULTS_DIR,
-    distractor_texts: Sequence[str] | None = None,
-) -> gr.Tab:
+def _folder_of(entry) -> str | None:
+    """The folder a model table entry was loaded from: the folder itself, or a loaded model's
+    ``name_or_path`` when that is a folder."""
+    if isinstance(entry, (str, os.PathLike)):
+        return str(entry)
+    path = getattr(entry[0], "name_or_path", "")
+    return path if path and Path(path).is_dir() else None
+
+
+def add_memory_tab(models, distractor_texts: Sequence[str] | None = None) -> gr.Tab:
     """Adds the Memory tab to the enclosing ``gr.Blocks``; its endpoint is ``/memory``.
 
     ``models`` is a folder, a (model, tokenizer) pair, a list of those, a mapping from display names
     to them, or the demo's loaded models (its ``lm`` and ``lm_tokenizer`` are used); folders are loaded
-    on first use. ``distractor_texts`` replaces the test reviews as filler.
+    on first use. Each model's curves and the tasks it was trained for come from the reports in its
+    folder. ``distractor_texts`` replaces the test reviews as filler.
     """
     table = _model_table(models)
     if not table:
         raise ValueError("add_memory_tab needs at least one model (a folder or a (model, tokenizer) pair).")
     names = list(table)
+    reports = {name: model_reports(_folder_of(entry)) for name, entry in table.items()}
+    trained = {name: trained_tasks(reports[name]) for name in names}
     loaded: dict = {}
     distractors: dict = {}
 
@@ -233,8 +321,9 @@ def add_memory_tab(
         return loaded[name]
 
     def handle(task, distance, seed, variant, model_name):
+        model_name = model_name or names[0]
         try:
-            model, tokenizer = get(model_name or names[0])
+            model, tokenizer = get(model_name)
             if id(tokenizer) not in distractors:  # tokenized sentences are cached per tokenizer
                 distractors[id(tokenizer)] = as_distractors(distractor_texts, tokenizer)
             result = run_memory_probe(
@@ -252,23 +341,36 @@ def add_memory_tab(
             raise gr.Error(
                 f"The probe failed: {error or type(error).__name__}", title="The request failed"
             ) from error
-        curves, note = benchmark_curves(task, results_dir)
+        notice = None
+        if task not in trained[model_name]:
+            others = [name for name in names if task in trained[name]]
+            notice = untrained_notice(model_name, task, trained[model_name], others)
+        curves, note = benchmark_curves(task, reports[model_name], model_name)
         return (
-            summary_markdown(result),
+            summary_markdown(result, notice),
             highlighted_prompt(tokenizer, result),
             attention_figure(result),
             curves,
             note,
         )
 
+    # Start on a task the first model was trained for, when there is one.
+    first_task = (trained[names[0]] or list(TASKS))[0]
     with gr.Tab("Memory", id="memory") as tab:
         gr.Markdown(
             "A fact is hidden in movie-review text at a chosen distance (in tokens) before a question about "
             "it. Inside the attention window the model can attend to it; beyond, only carried memory (the "
-            "LSTM state, or carried keys/values) can bring it to the question."
+            "LSTM state, or carried keys/values) can bring it to the question. "
+            + "; ".join(
+                f"`{name}` was trained for {', '.join(trained[name])}"
+                if trained[name]
+                else f"`{name}` was not trained for any of these tasks"
+                for name in names
+            )
+            + "."
         )
         with gr.Row():
-            task = gr.Dropdown(list(TASKS), value=TASKS[0], label="Task")
+            task = gr.Dropdown(list(TASKS), value=first_task, label="Task")
             distance = gr.Number(
                 value=DEFAULT_DISTANCE,
                 precision=0,
@@ -282,11 +384,12 @@ def add_memory_tab(
             distance.preprocess = seed.preprocess = lambda payload: payload
             variant = gr.Dropdown(list(VARIANTS), value="lstm", label="Memory across windows")
             model_name = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1)
+        gr.HTML(f"<style>{CSS}</style>", visible=True, elem_id="memory-style")
         run_button = gr.Button("Run probe", variant="primary")
         summary = gr.Markdown()
-        prompt = gr.HighlightedText(label="Probe", combine_adjacent=False)
+        prompt = gr.HighlightedText(label="Probe", combine_adjacent=False, elem_id="memory-probe")
         attention_plot = gr.Plot(label="Question → fact attention per layer")
-        curves_plot = gr.Plot(label="Accuracy against distance (last benchmark run)")
+        curves_plot = gr.Plot(label="Accuracy against distance (the model in use, from its folder)")
         curves_note = gr.Markdown()
 
     run_button.click(

@@ -8,6 +8,8 @@ text (here movie reviews instead of PG-19 books), and the question comes after a
 - ``kv``: associative recall over several "The code for <word> is <number>." facts; one key is asked.
 - ``qa1`` (bAbI task 1, Weston et al., 2015): person-location moves; "Where is Mary?" is answered by
   the last move of Mary.
+- ``qa2`` (bAbI task 2): two supporting facts; "Mary picked up the football." and, later, Mary's last
+  move: "Where is the football?" is answered by where Mary went after taking it.
 
 Unlike BABILong, the position is controlled in tokens: ``distance`` is the number of prompt tokens
 after the end of the fact (the filler text, any later facts and the question), exact to the token, so
@@ -26,7 +28,7 @@ from datasets import Dataset
 
 from .data import IGNORE_INDEX, clean_review, load_movie_reviews
 
-TASKS = ("passkey", "kv", "qa1")
+TASKS = ("passkey", "kv", "qa1", "qa2")
 
 PASSKEY_DIGITS = 5
 KV_DIGITS = 4
@@ -35,6 +37,9 @@ KV_PAIRS = 4
 QA1_PEOPLE = ("Mary", "John", "Sandra", "Daniel")
 QA1_LOCATIONS = ("bathroom", "bedroom", "garden", "hallway", "kitchen", "office")
 QA1_VERBS = ("went to", "journeyed to", "moved to", "travelled to", "went back to")
+# Objects and verbs of bAbI task 2.
+QA2_OBJECTS = ("apple", "football", "milk")
+QA2_VERBS = ("picked up", "grabbed", "got", "took")
 KV_KEYS = (
     "apple", "river", "falcon", "candle", "garden", "silver", "tiger", "window",
     "forest", "pencil", "harbor", "violet", "castle", "meadow", "rocket", "willow",
@@ -133,13 +138,43 @@ def qa1_story(rng: random.Random) -> Story:
     )
 
 
-STORIES = {"passkey": passkey_story, "kv": kv_story, "qa1": qa1_story}
+def qa2_story(rng: random.Random) -> Story:
+    """The asked person takes an object, then moves (maybe more than once); the question is where the
+    object is, so both the taking and the last move are needed. Other people take the other objects or
+    move about; the distance is measured from the last move."""
+    person, *others = rng.sample(QA1_PEOPLE, len(QA1_PEOPLE))
+    thing, *other_things = rng.sample(QA2_OBJECTS, len(QA2_OBJECTS))
+    *old_places, place = rng.sample(QA1_LOCATIONS, rng.randint(1, 3))
+
+    def move(who: str, where: str) -> Fact:
+        return Fact(f"{who} {rng.choice(QA1_VERBS)} the", where, ".", numeric=False)
+
+    def take(who: str, what: str) -> Fact:
+        return Fact(f"{who} {rng.choice(QA2_VERBS)} the", what, ".", numeric=False)
+
+    # The taking and any older moves all come before the last move (``earlier``), so the object is
+    # wherever the person went last; other people's takings name other objects.
+    bystanders = others[: rng.randint(1, 3)]
+    return Story(
+        target=move(person, place),
+        question=Fact(f"Where is the {thing}? The {thing} is in the", place, "", numeric=False),
+        earlier=(take(person, thing), *(move(person, where) for where in old_places)),
+        others=tuple(
+            take(who, other_things[index])
+            if index < len(other_things) and rng.random() < 0.5
+            else move(who, rng.choice(QA1_LOCATIONS))
+            for index, who in enumerate(bystanders)
+        ),
+    )
+
+
+STORIES = {"passkey": passkey_story, "kv": kv_story, "qa1": qa1_story, "qa2": qa2_story}
 
 
 def chance_level(task: str) -> dict:
     """Accuracy of a guess that knows the answer's form but not the fact."""
     check_task(task)
-    if task == "qa1":
+    if task in ("qa1", "qa2"):
         exact = 1 / len(QA1_LOCATIONS)
         return {"exact": exact, "per_token": None, "note": f"one of {len(QA1_LOCATIONS)} places"}
     digits = PASSKEY_DIGITS if task == "passkey" else KV_DIGITS
@@ -363,7 +398,7 @@ def _question_lengths(task: str, tokenizer) -> tuple[int, ...]:
     rng = random.Random(0)
     return tuple(
         encode_fact(tokenizer, STORIES[task](rng).question)[1][0] for _ in range(500)
-    )  # 500 stories draw every key and person of kv and qa1
+    )  # 500 stories draw every key, person and object
 
 
 def min_distance(task: str, tokenizer) -> int:

@@ -94,8 +94,8 @@ def build_space(
         else:
             hub_models[variable] = str(source)
 
-    # The Memory tab's fine-tuned model and its last benchmark curves travel too, when they exist.
-    for extra in (REPO_DIR / "checkpoints" / "memory-passkey", REPO_DIR / "bench" / "memory_results"):
+    # The Memory tab's fine-tuned model travels too, when it exists, with its curves in its folder.
+    for extra in (REPO_DIR / "checkpoints" / "memory-passkey",):
         if extra.is_dir():
             shutil.copytree(extra, out / extra.relative_to(REPO_DIR), ignore=SKIPPED)
 

@@ -144,3 +144,14 @@ def test_attention_tab_draws_heatmaps_with_hover_on_chinese(page, app_url, scree
     page.locator("#attention-highlights").get_by_text("我").first.click()
     expect(page.locator("#attention-info")).to_contain_text("from piece 0", timeout=RESULT_TIMEOUT_MS)
     finish(page, app_url, screenshot_dirs, "attention")
+
+
+def test_memory_tab_wraps_the_probe_between_words_and_explains_the_empty_plot(page, app_url, screenshot_dirs):
+    page.get_by_role("tab", name="Memory").click()
+    page.get_by_role("button", name="Run probe", exact=True).click()
+    expect(page.locator("#memory-probe")).to_contain_text("pass key", timeout=RESULT_TIMEOUT_MS)
+    field = page.locator("#memory-probe .textfield").first
+    assert field.evaluate("element => getComputedStyle(element).wordBreak") == "normal"
+    # The default distance (128) is past the 64-token window: the attention plot says why it has no bars.
+    expect(page.get_by_text("beyond the 64-token window")).to_be_visible()
+    finish(page, app_url, screenshot_dirs, "memory")

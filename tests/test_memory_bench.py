@@ -1,6 +1,7 @@
 """Memory benchmark: a tiny end-to-end run, the answer scoring against a plain windowed pass, bad input."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -8,8 +9,16 @@ import torch
 from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
 from llm_memory.data import IGNORE_INDEX
 from llm_memory.memory import windowed_logits
-from llm_memory.memory_bench import VARIANTS, main, parse_ranges, run_probe, training_probes, variant_settings
-from llm_memory.probes import Distractors, make_probe, review_texts
+from llm_memory.memory_bench import (
+    VARIANTS,
+    main,
+    parse_ranges,
+    run_probe,
+    training_probes,
+    variant_settings,
+    window_guess,
+)
+from llm_memory.probes import Distractors, chance_level, make_probe, review_texts
 
 WINDOW = 64
 
@@ -220,3 +229,64 @@ def test_shared_fine_tune_with_curriculum_saves_a_model_with_the_bench_window(mo
     assert card.startswith("---\n") and "library_name: transformers" in card
     assert "python -m llm_memory.memory_bench --model" in card and "--share_fine_tune" in card
     assert "| variant | 20 | 80* |" in card
+
+
+def test_window_guess_is_certain_in_reach_and_chance_beyond(tokenizer, distractors):
+    near = [make_probe("passkey", 25, tokenizer, seed, distractors, align_to=WINDOW) for seed in range(3)]
+    far = [make_probe("passkey", 200, tokenizer, seed, distractors, align_to=WINDOW) for seed in range(3)]
+    # The pass key is the only number in a probe: seen, it is the guess; unseen, only chance is left.
+    assert window_guess(near, tokenizer, WINDOW) == 1.0
+    assert window_guess(far, tokenizer, WINDOW) == chance_level("passkey")["exact"]
+    qa = [make_probe("qa2", 200, tokenizer, seed, distractors, align_to=WINDOW) for seed in range(20)]
+    level = window_guess(qa, tokenizer, WINDOW)
+    assert chance_level("qa2")["exact"] / 2 < level < 0.6  # other people's moves name places in reach
+
+
+def test_several_tasks_train_one_model_that_resumes_and_carries_its_reports(model_dir, tmp_path, capsys):
+    def run(checkpoints, save_dir, results):
+        return main(
+            [
+                *("--model", str(model_dir), "--task", "kv,qa2", "--distances", "40,100", "--samples", "2"),
+                *(
+                    "--train_steps",
+                    "4",
+                    "--batch_size",
+                    "2",
+                    "--train_distances",
+                    "30-100",
+                    "--share_fine_tune",
+                ),
+                *("--checkpoint_dir", str(checkpoints), "--save_steps", "2"),
+                *("--save_dir", str(save_dir), "--results_dir", str(results)),
+            ]
+        )
+
+    assert run(tmp_path / "ck", tmp_path / "tuned", tmp_path / "results") == 0
+    out = capsys.readouterr().out
+    assert "Task `kv`" in out and "Task `qa2`" in out and "| guess from the window |" in out
+    for task in ("kv", "qa2"):
+        report = json.loads((tmp_path / "results" / f"{task}.json").read_text())
+        assert report["task"] == task and report["trained_tasks"] == ["kv", "qa2"]
+        assert set(report["window_guess"]) == {"40", "100"}
+        # The model folder carries the same report: the Memory tab reads it from there.
+        assert json.loads((tmp_path / "tuned" / "memory_results" / f"{task}.json").read_text()) == report
+    assert sorted(p.name for p in (tmp_path / "ck" / "lstm-main").iterdir()) == [
+        "checkpoint-2",
+        "checkpoint-4",
+    ]
+    card = (tmp_path / "tuned" / "README.md").read_text()
+    assert "Task `kv`" in card and "Task `qa2`" in card
+
+    # Stopped after step 2 (the last checkpoint lost), the same command resumes there and ends the same.
+    shutil.rmtree(tmp_path / "ck" / "lstm-main" / "checkpoint-4")
+    assert run(tmp_path / "ck", tmp_path / "resumed", tmp_path / "results2") == 0
+    assert f"Resuming from {tmp_path / 'ck' / 'lstm-main' / 'checkpoint-2'}" in capsys.readouterr().out
+    first = MemoryTransformerForCausalLM.from_pretrained(tmp_path / "tuned").state_dict()
+    second = MemoryTransformerForCausalLM.from_pretrained(tmp_path / "resumed").state_dict()
+    for name, tensor in first.items():
+        torch.testing.assert_close(second[name], tensor, msg=name)
+
+
+def test_several_tasks_with_one_json_file_are_refused(model_dir, capsys):
+    assert main(["--model", str(model_dir), "--task", "kv,qa1", "--json", "x.json"]) == 2
+    assert "with several tasks use --results_dir" in capsys.readouterr().err

@@ -12,10 +12,14 @@ from gradio_client import Client
 from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
 from llm_memory.memory_tab import (
     BEYOND_WINDOW,
+    CSS,
     add_memory_tab,
+    attention_figure,
     benchmark_curves,
     fact_attention,
+    model_reports,
     run_memory_probe,
+    trained_tasks,
 )
 from llm_memory.probes import Distractors, make_probe, review_texts
 
@@ -101,16 +105,18 @@ def test_distance_and_seed_out_of_range_are_refused_at_once(model, tokenizer, te
     assert time.perf_counter() - start < 1.0
 
 
-def test_memory_tab_end_to_end(model, tokenizer, texts, tmp_path):
-    report = {
+def kv_report(train_steps: int = 2) -> dict:
+    return {
         "task": "kv",
-        "model": "tiny",
+        "model": "tiny-base",
+        "trained_tasks": ["kv"],
         "window": WINDOW,
         "distances": [40, 100],
         "variants": ["attention", "lstm"],
         "samples": 2,
-        "train_steps": 2,
+        "train_steps": train_steps,
         "chance": {"exact": 1e-4, "per_token": 0.1, "note": "a number"},
+        "window_guess": {"40": 0.3, "100": 0.0001},
         "results": [
             {"variant": v, "distance": d, "accuracy": a, "token_accuracy": a, "fact_in_reach": 1.0}
             for v, d, a in [
@@ -121,39 +127,58 @@ def test_memory_tab_end_to_end(model, tokenizer, texts, tmp_path):
             ]
         ],
     }
-    (tmp_path / "kv.json").write_text(json.dumps(report))
+
+
+def test_memory_tab_end_to_end(model, tokenizer, texts, tmp_path):
+    # A model folder that carries its kv report: trained for kv, and its curve is the one shown.
+    trained = tmp_path / "trained"
+    model.save_pretrained(trained)
+    tokenizer.save_pretrained(trained)
+    (trained / "memory_results").mkdir()
+    (trained / "memory_results" / "kv.json").write_text(json.dumps(kv_report()))
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     loaded = SimpleNamespace(lm=model, lm_tokenizer=tokenizer)  # what the demo app holds
     with gr.Blocks(analytics_enabled=False) as demo:
         add_memory_tab(
-            {"tiny": (loaded.lm, loaded.lm_tokenizer), "broken": str(broken)},
-            results_dir=tmp_path,
+            {"kv model": str(trained), "tiny": (loaded.lm, loaded.lm_tokenizer), "broken": str(broken)},
             distractor_texts=texts,
         )
     demo.launch(prevent_thread_lock=True, quiet=True)
     try:
         client = Client(demo.local_url, verbose=False)
-        summary, prompt, attention, curves, note = client.predict("kv", api_name="/memory")
+        # The first model's first trained task is the default.
+        summary, prompt, attention, curves, note = client.predict(api_name="/memory")
         assert "**Answer:**" in summary and "beyond the window" in summary  # default distance 128 > 64
+        assert "was not trained" not in summary
         assert any(part.get("class_or_confidence") == "fact" for part in prompt)
-        assert attention is None and curves is not None
+        assert curves is not None and attention is not None  # beyond the window: a figure that says why
+        assert "beyond the 64-token window" in attention["plot"]
         assert note == (
-            "Last benchmark run: `tiny` with a 64-token window, 2 probes per distance, "
-            "2 fine-tuning steps per variant."
+            "`kv model` on `kv`: a 64-token window, 2 probes per distance, "
+            "2 fine-tuning steps per variant from `tiny-base`."
         )
 
+        # The same task on a model that was never trained for it: said plainly, no borrowed curve.
+        summary, _, _, curves, note = client.predict("kv", 128, 0, "lstm", "tiny", api_name="/memory")
+        assert summary.startswith("**`tiny` was not trained for `kv`.**")
+        assert "Trained for `kv`: `kv model`" in summary
+        assert curves is None and "No benchmark curve of `tiny` on `kv`" in note
+
         summary, _, attention, curves, note = client.predict(
-            "passkey", 25, 0, "attention", api_name="/memory"
+            "passkey", 25, 0, "attention", "kv model", api_name="/memory"
         )
+        assert summary.startswith("**`kv model` was not trained for `passkey`.**")
+        assert "It was trained for: `kv`." in summary
         assert "inside the question's window" in summary and attention is not None
-        assert curves is None and "No benchmark results for `passkey`" in note
+        assert curves is None and "No benchmark curve of `kv model` on `passkey`" in note
 
         # Over HTTP, out of range and a broken checkpoint: messages, not "error: null"; then it serves.
         for inputs, message in (
             (("passkey", 1e12, 0, "lstm", "tiny"), "distance must be an integer from 1 to 4096"),
             (("passkey", 64, 0, "lstm", "broken"), "The probe failed"),
+            (("passkey", 64, 0, "lstm", "elsewhere"), "elsewhere is not in the list of choices"),
         ):
             start = time.perf_counter()
             with pytest.raises(Exception, match=message):
@@ -164,7 +189,23 @@ def test_memory_tab_end_to_end(model, tokenizer, texts, tmp_path):
         demo.close()
 
 
-def test_curves_note_tells_a_shared_fine_tune(tmp_path):
+def test_reports_give_the_trained_tasks_and_curves(tmp_path):
+    folder = tmp_path / "model"
+    (folder / "memory_results").mkdir(parents=True)
+    (folder / "memory_results" / "kv.json").write_text(json.dumps(kv_report()))
+    evaluated_only = {**kv_report(train_steps=0), "task": "qa1", "trained_tasks": []}
+    (folder / "memory_results" / "qa1.json").write_text(json.dumps(evaluated_only))
+    reports = model_reports(folder)
+    assert set(reports) == {"kv", "qa1"} and trained_tasks(reports) == ["kv"]
+    assert model_reports(tmp_path / "nowhere") == {} and model_reports(None) == {}
+    curves, note = benchmark_curves("qa1", reports, "m")
+    assert curves is not None and "evaluated as it is, without fine-tuning" in note
+    # The window-guess baseline is drawn beside the variants.
+    curves, _ = benchmark_curves("kv", reports, "m")
+    assert "guess from the window" in {trace.name for trace in curves.data}
+
+
+def test_curves_note_tells_a_shared_fine_tune():
     report = {
         "task": "passkey",
         "model": "checkpoints/memory-lm",
@@ -186,7 +227,31 @@ def test_curves_note_tells_a_shared_fine_tune(tmp_path):
             ]
         ],
     }
-    (tmp_path / "passkey.json").write_text(json.dumps(report))
-    curves, note = benchmark_curves("passkey", tmp_path)
+    curves, note = benchmark_curves("passkey", {"passkey": report}, "memory model")
     assert curves is not None
-    assert "one model fine-tuned for 3600 steps, read the three ways" in note and "64-token window" in note
+    assert "one model fine-tuned from `checkpoints/memory-lm` for 3600 steps, read the three ways" in note
+    assert "64-token window" in note
+
+
+def test_embedded_memory_model_carries_its_own_passkey_curve():
+    reports = model_reports("checkpoints/memory-passkey")
+    assert trained_tasks(reports) == ["passkey"]
+    lstm = {
+        row["distance"]: row["accuracy"] for row in reports["passkey"]["results"] if row["variant"] == "lstm"
+    }
+    assert lstm[256] >= 0.9  # 4x its 64-token window
+
+
+@pytest.mark.parametrize("variant", ["attention", "lstm"])
+def test_beyond_the_window_the_attention_plot_explains_itself(variant, model, tokenizer, texts):
+    result = run_memory_probe(model, tokenizer, "qa1", 200, seed=2, variant=variant, distractor_texts=texts)
+    figure = attention_figure(result)
+    text = figure.layout.annotations[0].text
+    assert "beyond the 64-token window" in text and "200 tokens" in text
+    assert ("LSTM state" in text) == (variant == "lstm")
+    assert not figure.data  # no empty bars
+
+
+def test_probe_text_wraps_between_words():
+    # Gradio's HighlightedText sets word-break: break-all; the tab's CSS undoes it for the probe.
+    assert "#memory-probe .textfield" in CSS and "word-break: normal" in CSS

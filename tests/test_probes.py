@@ -11,6 +11,8 @@ from llm_memory.data import IGNORE_INDEX
 from llm_memory.probes import (
     KV_PAIRS,
     QA1_PEOPLE,
+    QA2_OBJECTS,
+    QA2_VERBS,
     TASKS,
     Distractors,
     chance_level,
@@ -86,6 +88,22 @@ def test_qa1_answer_is_the_last_move_of_the_person(tokenizer, distractors):
         assert moves[-1] == probe.answer.strip()
         assert probe.answer.strip() not in moves[:-1]  # older moves went elsewhere, so order matters
         assert tokenizer.decode(probe.input_ids[slice(*probe.fact_token_span)]).strip().startswith(person)
+
+
+def test_qa2_answer_is_where_the_taker_went_after_taking_it(tokenizer, distractors):
+    for seed in range(12):
+        probe = make_probe("qa2", 150, tokenizer, seed, distractors)
+        (thing,) = re.findall(r"Where is the (\w+)\?", probe.text)
+        assert thing in QA2_OBJECTS
+        (taker,) = re.findall(rf"(\w+) (?:{'|'.join(QA2_VERBS)}) the {thing}\.", probe.text)
+        assert taker in QA1_PEOPLE
+        taken_at = probe.text.index(f"the {thing}.")
+        moves_after = re.findall(rf"{taker} [a-z ]+ to the (\w+)\.", probe.text[taken_at:])
+        assert moves_after and moves_after[-1] == probe.answer.strip()
+        # The supporting fact (distance is measured from it) is that last move; the taking is older.
+        fact = tokenizer.decode(probe.input_ids[slice(*probe.fact_token_span)]).strip()
+        assert fact.startswith(taker) and fact.endswith(f"the {probe.answer.strip()}.")
+        assert probe.fact_token_span[0] > len(tokenizer(probe.text[:taken_at])["input_ids"]) - 2
 
 
 @pytest.mark.parametrize("task", TASKS)
