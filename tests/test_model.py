@@ -652,3 +652,132 @@ def test_the_lstms_traced_path_equals_its_packed_path():
         stepped, (h2, c2) = memory._masked_steps(x, mask, state)
     torch.testing.assert_close(stepped, packed, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close((h2, c2), (h, c), atol=1e-5, rtol=1e-5)  # the empty row keeps its state
+
+
+def compile_config(backend: str):
+    from transformers import CompileConfig
+
+    config = CompileConfig(fullgraph=True, dynamic=False, backend=backend, mode=None)
+    config._compile_all_devices = True  # Transformers compiles generate() by itself only on accelerators
+    return config
+
+
+@pytest.mark.parametrize("use_lstm", [False, True])
+@pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
+def test_fullgraph_compiled_static_cache_decoding_equals_eager(position_embedding_type, use_lstm):
+    """Every decoding step traces as one graph (Dynamo, fullgraph) with the LSTM state in the static
+    cache, left padding included, and gives eager decoding's tokens. The eager backend checks the trace
+    alone; the inductor test below compiles one variant for real."""
+    torch._dynamo.reset()
+    model = tiny_lm(use_lstm=use_lstm, position_embedding_type=position_embedding_type)
+    assert model._can_compile_fullgraph
+    ids = torch.cat([torch.zeros(1, 3, dtype=torch.long), random_ids(1, 5, seed=3)], dim=1)
+    ids = torch.cat([ids, random_ids(1, 8, seed=8)])
+    mask = (ids != 0).long()
+    kwargs = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False, pad_token_id=0, attention_mask=mask)
+    eager = model.generate(ids, **kwargs)
+    with torch._dynamo.config.patch(error_on_recompile=True):  # fixed shapes: one graph for all steps
+        compiled = model.generate(
+            ids, cache_implementation="static", compile_config=compile_config("eager"), **kwargs
+        )
+        again = model.generate(
+            ids, cache_implementation="static", compile_config=compile_config("eager"), **kwargs
+        )
+    assert torch.equal(compiled, eager) and torch.equal(again, eager)
+
+
+def test_inductor_compiled_decoding_with_the_lstm_equals_eager():
+    torch._dynamo.reset()
+    model = tiny_lm(use_lstm=True)
+    ids = random_ids(1, 6)
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    eager = model.generate(ids, **kwargs)
+    compiled = model.generate(
+        ids, cache_implementation="static", compile_config=compile_config("inductor"), **kwargs
+    )
+    assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
+def test_torch_export_of_a_packed_row_gives_the_eager_logits(position_embedding_type):
+    """Positions that restart inside a row (DataCollatorWithFlattening) reset the LSTM in the traced
+    graph as in eager mode, without branching on where they restart."""
+    model = tiny_lm(use_lstm=True, position_embedding_type=position_embedding_type)
+    ids = random_ids(1, 10)
+    position_ids = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0, 1, 2]])
+    exported = torch.export.export(
+        model, (), {"input_ids": ids, "position_ids": position_ids, "use_cache": False}
+    )
+    other = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4, 0, 1]])  # other boundaries, the same graph
+    with torch.no_grad():
+        for positions in (position_ids, other):
+            eager = model(ids, position_ids=positions, use_cache=False).logits
+            traced = exported.module()(input_ids=ids, position_ids=positions, use_cache=False).logits
+            torch.testing.assert_close(traced, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_the_lstms_traced_path_resets_where_the_segmented_path_does():
+    memory = tiny_lm(use_lstm=True).model.memory
+    x = torch.randn(2, 7, memory.lstm.input_size)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    resets = torch.tensor([[0, 0, 1, 0, 0, 1, 0], [0, 0, 0, 1, 0, 0, 0]], dtype=torch.bool)
+    state = (torch.randn(1, 2, memory.lstm.hidden_size), torch.randn(1, 2, memory.lstm.hidden_size))
+    with torch.no_grad():
+        segmented, (h, c) = memory._segmented(x, mask, state, resets)
+        stepped, (h2, c2) = memory._masked_steps(x, mask, state, resets)
+    torch.testing.assert_close(stepped * mask[..., None], segmented * mask[..., None], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close((h2, c2), (h, c), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_lstm", [False, True])
+def test_a_4d_boolean_mask_gives_the_2d_masks_logits_and_attentions(use_lstm):
+    """A 4D mask made for SDPA (booleans) also serves the eager kernel that output_attentions needs, and
+    the LSTM reads which tokens are pads from its diagonal."""
+    from transformers.masking_utils import create_causal_mask
+
+    model = tiny_lm(use_lstm=use_lstm)
+    ids = random_ids(2, 7)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    embeds = model.model.embed_tokens(ids)
+    mask_4d = create_causal_mask(model.config, embeds, mask, None, None)
+    assert mask_4d.dtype == torch.bool and mask_4d.dim() == 4
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        plain = model(ids, attention_mask=mask, output_attentions=True)
+        given = model(ids, attention_mask=mask_4d, position_ids=position_ids, output_attentions=True)
+    real = mask.bool()
+    torch.testing.assert_close(given.logits[real], plain.logits[real], atol=1e-5, rtol=1e-5)
+    for ours, theirs in zip(given.attentions, plain.attentions, strict=True):
+        # (B, nh, T, S) -> the rows of real queries
+        torch.testing.assert_close(
+            ours.transpose(1, 2)[real], theirs.transpose(1, 2)[real], atol=1e-5, rtol=1e-5
+        )
+
+
+@pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
+def test_exported_with_transformers_static_cache_decodes_like_eager(position_embedding_type):
+    """Transformers' export recipe for decoder-only models (the static cache as buffers, one token per
+    call) gives the eager logits. It carries keys and values only, so it covers the model without the
+    LSTM; the LSTM's state has no buffer there."""
+    from transformers import GenerationConfig
+    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+    model = tiny_lm(use_lstm=False, position_embedding_type=position_embedding_type)
+    model.generation_config = GenerationConfig(
+        use_cache=True,
+        cache_implementation="static",
+        max_length=16,
+        cache_config={"batch_size": 1, "max_cache_len": 16, "device": "cpu"},
+    )
+    exported = TorchExportableModuleForDecoderOnlyLM(model).export(
+        input_ids=torch.tensor([[5]]), cache_position=torch.tensor([0])
+    )
+    ids = random_ids(1, 8)
+    with torch.no_grad():
+        eager = model(ids).logits[0]
+        module = exported.module()
+        stepped = torch.stack(
+            [module(input_ids=ids[:, t : t + 1], cache_position=torch.tensor([t]))[0, -1] for t in range(8)]
+        )
+    torch.testing.assert_close(stepped, eager, atol=1e-5, rtol=1e-5)

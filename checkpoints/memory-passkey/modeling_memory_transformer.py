@@ -61,7 +61,9 @@ def eager_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, nh, T, S)
-    if attention_mask is not None:
+    if attention_mask is not None and attention_mask.dtype == torch.bool:  # a mask made for SDPA
+        attn_weights = attn_weights.masked_fill(~attention_mask, torch.finfo(attn_weights.dtype).min)
+    elif attention_mask is not None:
         attn_weights = attn_weights + attention_mask
     attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
     attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
@@ -198,12 +200,15 @@ class MemoryTransformerLSTMMemory(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """``keep_state=False`` (no cache to store it in) returns no state, which allows a faster path."""
         x = self.norm(hidden_states)
+        if torch.compiler.is_compiling():
+            # Traced for torch.export or torch.compile: Dynamo does not trace nn.LSTM, and nothing may
+            # branch on the mask's or the resets' values, so the cell function runs step by step.
+            if token_mask is None:
+                token_mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            memory, new_state = self._masked_steps(x, token_mask, state, resets)
+            return hidden_states + self.dropout(self.out_proj(memory)), new_state
         if resets is not None:
             memory, new_state = self._segmented(x, token_mask, state, resets)
-            return hidden_states + self.dropout(self.out_proj(memory)), new_state
-        if token_mask is not None and torch.compiler.is_compiling():
-            # Traced for torch.export or torch.compile: no branch on the mask's values.
-            memory, new_state = self._masked_steps(x, token_mask, state)
             return hidden_states + self.dropout(self.out_proj(memory)), new_state
         no_padding = token_mask is None or bool(token_mask.all())
         if no_padding and x.shape[1] == 1:
@@ -240,14 +245,18 @@ class MemoryTransformerLSTMMemory(nn.Module):
             inputs = h
         return inputs[:, None], (torch.stack(hs), torch.stack(cs))
 
-    def _masked_steps(self, x, token_mask, state):
-        """Token by token with the cell function, a pad leaving the state as it was: the packed path's
-        results without its data-dependent lengths, for tracing."""
+    def _masked_steps(self, x, token_mask, state, resets=None):
+        """Token by token with the cell function, a pad leaving the state as it was and a packed
+        sequence's first token starting from zeros: the packed and segmented paths' results without
+        their data-dependent lengths, for tracing."""
+        zeros = x.new_zeros(self.lstm.num_layers, x.shape[0], self.lstm.hidden_size)
         if state is None:
-            zeros = x.new_zeros(self.lstm.num_layers, x.shape[0], self.lstm.hidden_size)
             state = (zeros, zeros)
         outputs = []
         for t in range(x.shape[1]):
+            if resets is not None:
+                fresh = resets[None, :, t, None]  # (1, B, 1)
+                state = (torch.where(fresh, zeros, state[0]), torch.where(fresh, zeros, state[1]))
             keep = token_mask[:, t, None]  # (B, 1)
             output, (h, c) = self._step(x[:, t], state)
             state = (torch.where(keep, h, state[0]), torch.where(keep, c, state[1]))
@@ -330,6 +339,7 @@ class MemoryTransformerPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    _can_compile_fullgraph = True  # with a static cache; the LSTM is then read by its cell function
 
     @property
     def _is_stateful(self) -> bool:
@@ -338,6 +348,11 @@ class MemoryTransformerPreTrainedModel(PreTrainedModel):
         error for stateful models (as for Mamba); without it, the cache is attention's alone and both
         work. A 6M-parameter model gains little from a draft model, so the state is not snapshotted."""
         return bool(self.config.use_lstm)
+
+    def get_compiled_call(self, compile_config):
+        """generate()'s compiled forward. Dynamo refuses to hold an ``nn.LSTM`` unless allowed; traced,
+        the memory only reads the module's weights (``MemoryTransformerLSTMMemory._step``)."""
+        return torch._dynamo.config.patch(allow_rnn=True)(super().get_compiled_call(compile_config))
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
@@ -411,6 +426,8 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=config)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if isinstance(past_length, torch.Tensor):  # a static cache's own counter, advanced in place below
+            past_length = past_length.clone()
         padding_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
         given_positions = position_ids is not None
         if position_ids is None:
@@ -422,7 +439,8 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
             # The positions, not the columns: a left-padded row of a batch counts only its own tokens.
             # Positions never outnumber columns, so they are read (a device sync) only when those do.
             if (
-                past_length + seq_len > config.max_position_embeddings
+                not torch.compiler.is_compiling()
+                and past_length + seq_len > config.max_position_embeddings
                 and (tokens := int(position_ids.max()) + 1) > config.max_position_embeddings
             ):
                 raise ValueError(
@@ -477,6 +495,8 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
 
         if self.memory is not None:
             token_mask = padding_mask[:, -seq_len:].bool() if padding_mask is not None else None
+            if attention_mask is not None and attention_mask.dim() == 4:
+                token_mask = self._token_mask_from_4d(attention_mask, past_length, seq_len)
             recurrent = self._recurrent_layer(past_key_values)
             state = None
             if recurrent is not None and recurrent.is_recurrent_states_initialized[0]:
@@ -512,13 +532,23 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
     @staticmethod
     def _sequence_starts(position_ids, token_mask) -> torch.Tensor | None:
         """(B, T) True where a packed sequence begins after the first (its position does not follow the
-        one before, between two real tokens, as DataCollatorWithFlattening writes them); None if none."""
+        one before, between two real tokens, as DataCollatorWithFlattening writes them); None if none
+        (in eager mode)."""
         restart = position_ids[:, 1:] <= position_ids[:, :-1]
         if token_mask is not None:
             restart = restart & token_mask[:, 1:] & token_mask[:, :-1]
-        if not bool(restart.any()):
-            return None
+        if not torch.compiler.is_compiling() and not bool(restart.any()):
+            return None  # traced, the resets stay a tensor: nothing may branch on its values
         return torch.nn.functional.pad(restart, (1, 0))
+
+    @staticmethod
+    def _token_mask_from_4d(attention_mask, past_length, seq_len) -> torch.Tensor:
+        """(B, T) real tokens of a 4D mask (as generate() makes for a static cache): a token sees itself
+        unless it is a pad. Gathered at an offset that may be a tensor, so a compiled step never branches."""
+        index = torch.arange(seq_len, device=attention_mask.device) + past_length  # keys of the new tokens
+        rows = attention_mask[:, 0]  # (B, T, S)
+        diagonal = rows.gather(-1, index[None, :, None].expand(rows.shape[0], -1, 1))[..., 0]
+        return diagonal if diagonal.dtype == torch.bool else diagonal == 0
 
     @staticmethod
     def _position_ids(padding_mask, past_length, seq_len, device):
@@ -526,7 +556,7 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
             # Count only real tokens, so a left-padded row sees the same positions as the row alone.
             positions = (padding_mask.long().cumsum(-1) - 1).clamp(min=0)
             return positions[:, -seq_len:]
-        return torch.arange(past_length, past_length + seq_len, device=device).unsqueeze(0)
+        return (torch.arange(seq_len, device=device) + past_length).unsqueeze(0)  # past_length may be a tensor
 
     def _recurrent_layer(self, past_key_values):
         if past_key_values is None:
@@ -545,11 +575,12 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
 class MemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
-    def create_masks_for_generate(self, attention_mask=None, **kwargs):
-        """With a static cache, generate() asks the model for its 4D masks ahead of each call. This model
-        builds them in ``forward`` from the 2D padding mask, which it also needs for the positions of
-        left-padded rows and for the LSTM to skip pads, so that mask is what it keeps."""
-        return attention_mask
+    def create_masks_for_generate(
+        self, config, inputs_embeds, attention_mask, past_key_values, position_ids=None, **kwargs
+    ):
+        """With a static cache, generate() makes the 4D mask ahead of each step, so that a compiled step
+        sees fixed shapes. Every layer attends causally over the whole window: one mask serves them all."""
+        return create_causal_mask(config, inputs_embeds, attention_mask, past_key_values, position_ids)
 
     def __init__(self, config: MemoryTransformerConfig):
         super().__init__(config)
