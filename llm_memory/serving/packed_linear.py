@@ -2,10 +2,9 @@
 
 PyTorch runs an fp32 ``nn.Linear`` on the CPU through MKL's sgemm, with the weight in its plain layout.
 oneDNN, which PyTorch also ships, has fp32 kernels (``torch.ops.mkldnn._linear_pointwise``) that take
-the weight once in their own blocked layout. On this project's CPU (AMD EPYC, AVX-512) the default
-model then generates one request in 0.76-0.85x the time and 16 at once in 0.66-0.72x, with the same
-fp32 arithmetic: outputs agree to ~1e-6 (only the order of the sums differs) and the sampled texts are the
-same token for token. ``bench/packed_linear.py`` measures both side by side.
+the weight once in their own blocked layout. The arithmetic is the same fp32: outputs agree to
+~1e-6 (only the order of the sums differs) and the sampled texts are the same token for token.
+``bench/packed_linear.py`` measures both side by side; docs/serving.md has the figures.
 
 ``pack_linears(model)`` swaps each ``nn.Linear`` for a ``PackedLinear`` that shares its parameters
 (the state dict, tied weights and ``save_pretrained`` do not change) and keeps a packed copy of the
@@ -13,7 +12,6 @@ weight, used only where no gradient is needed. A weight that changed since (in p
 step or ``load_state_dict`` do, or replaced) is packed again on its next use.
 """
 
-import os
 import platform
 
 import torch
@@ -25,10 +23,9 @@ PACK_BATCH_SIZE = 16
 
 def available() -> bool:
     """Whether this is an x86-64 CPU (where it was measured) and PyTorch has oneDNN and the packed
-    linear kernel; LLM_MEMORY_PACKED_LINEAR=0 opts out."""
+    linear kernel (the serving settings' ``packed_linear``, LLM_MEMORY_PACKED_LINEAR=0, opt out)."""
     return (
-        os.environ.get("LLM_MEMORY_PACKED_LINEAR", "1") != "0"
-        and platform.machine().lower() in ("x86_64", "amd64")
+        platform.machine().lower() in ("x86_64", "amd64")
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
-from .data import IGNORE_INDEX, clean_review, load_movie_reviews
+from llm_memory.training.data import IGNORE_INDEX
+from llm_memory.training.reviews import clean_review, load_movie_reviews
 
 TASKS = ("passkey", "kv", "qa1", "qa2")
 

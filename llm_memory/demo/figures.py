@@ -1,4 +1,4 @@
-"""Figures of attention weights: one heatmap, a grid of every layer and head, and the text highlighted.
+"""The demo's attention figures: one heatmap, and a grid of every layer and head.
 
 Follows the two views of BertViz (Vig, 2019): one head's query-by-key matrix, and a grid of small
 multiples with a thumbnail per layer and head. The figures are Plotly, because Gradio ships plotly.js:
@@ -144,12 +144,8 @@ def grid_figure(pieces: Sequence[str], weights: np.ndarray) -> go.Figure:
     return figure
 
 
-def highlights(pieces: Sequence[str], row: np.ndarray) -> list[tuple[str, float]]:
-    """(piece, weight scaled to [0, 1] by the row's largest) for ``gr.HighlightedText``.
-
-    Scaled because a causal row spreads over few keys or sinks most weight on the first one: the raw
-    weights of the others would all look white.
-    """
-    peak = float(np.max(row)) if len(row) else 0.0
-    scale = 1.0 / peak if peak > 0 else 0.0
-    return [(piece, round(float(weight) * scale, 4)) for piece, weight in zip(pieces, row, strict=True)]
+def attention_figures(result) -> tuple[go.Figure, go.Figure]:
+    """The heatmap of ``result.selected`` and the grid of every layer and head, for an ``AttentionResult``."""
+    return heatmap_figure(result.pieces, result.selected, result.title), grid_figure(
+        result.pieces, result.weights
+    )

@@ -6,17 +6,12 @@ followed by a Markdown body that says what the model is, how to load it, what it
 the exact command that made it.
 """
 
-import os
-import shlex
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import huggingface_hub
 import torch
 import transformers
 from huggingface_hub import EvalResult, ModelCardData
-
-from . import data
 
 
 @dataclass(frozen=True)
@@ -62,44 +57,6 @@ TASK_CARDS = {
 
 COMMON_TAGS = ("llm-memory", "memory-transformer", "lstm", "trainer")
 
-# The built-in corpora: a short name, a sentence, and the Hub datasets they come from.
-BUILTIN_CARDS = {
-    "movie_reviews": (
-        "movie reviews (IMDB + Rotten Tomatoes)",
-        "The built-in movie review corpus: IMDB reviews and Rotten Tomatoes sentences (the "
-        "`movie-reviews` package), split by `llm_memory.data.load_movie_reviews`",
-        ["stanfordnlp/imdb", "cornell-movie-review-data/rotten_tomatoes"],
-    ),
-    "lm_mix": (
-        "movie reviews + English Wikipedia and news",
-        "The built-in pretraining mix (`llm_memory.data_mix.load_lm_mix`): the movie review corpus' "
-        "training split (IMDB reviews and Rotten Tomatoes sentences, the `movie-reviews` package) and "
-        "English Wikipedia articles and news stories from the `gensim` package's test data",
-        ["stanfordnlp/imdb", "cornell-movie-review-data/rotten_tomatoes"],
-    ),
-    "sentiment_mix": (
-        "movie reviews at mixed lengths",
-        "The built-in sentiment mix (`llm_memory.data_mix.load_sentiment_mix`): each labelled review of "
-        "the movie review corpus as a whole review, its last sentences, and the Rotten Tomatoes critic "
-        "sentences as they are",
-        ["stanfordnlp/imdb", "cornell-movie-review-data/rotten_tomatoes"],
-    ),
-    "docstrings": (
-        "docstrings (Python standard library)",
-        "The built-in summarization corpus: Python standard-library docstrings, the first paragraph as "
-        "the summary of the rest (`llm_memory.docstrings.load_docstring_pairs`)",
-        [],
-    ),
-    "package_docstrings": (
-        "docstrings (installed Python packages)",
-        "The built-in summarizer training corpus: the docstrings of installed packages (transformers, "
-        "torch, sympy, scipy, pandas and others), read from their source files, the first paragraph as "
-        "the summary of the rest; the standard-library pairs are its test split and never trained on "
-        "(`llm_memory.docstrings.load_package_docstrings`)",
-        [],
-    ),
-}
-
 
 @dataclass
 class ModelCardInfo:
@@ -122,51 +79,6 @@ class ModelCardInfo:
     label_names: list[str] | None = None
     # Markdown that replaces the validation-metrics table (e.g. a memory benchmark's results).
     evaluation: str | None = None
-
-
-def describe_dataset(
-    dataset_name: str | None,
-    dataset_config_name: str | None = None,
-    train_file: str | None = None,
-    validation_file: str | None = None,
-) -> dict:
-    """The ModelCardInfo fields about the training data: name, type, description and Hub ids."""
-    if train_file:
-        names = ", ".join(os.path.basename(f) for f in (train_file, validation_file) if f)
-        return {
-            "dataset_name": f"local files ({names})",
-            "dataset_type": "local",
-            "dataset_description": f"Local files: {names}",
-        }
-    builtin = dataset_name.removeprefix(data.BUILTIN_PREFIX)
-    if builtin in data.BUILTIN_DATASETS:
-        name, description, hub_ids = BUILTIN_CARDS.get(builtin, (builtin, builtin, []))
-        return {
-            "dataset_name": name,
-            "dataset_type": builtin,
-            "dataset_description": description,
-            "dataset_hub_ids": hub_ids,
-        }
-    config = f" ({dataset_config_name})" if dataset_config_name else ""
-    return {
-        "dataset_name": f"{dataset_name}{config}",
-        "dataset_type": dataset_name,
-        "dataset_description": f"The `{dataset_name}`{config} dataset",
-        "dataset_hub_ids": [dataset_name],
-    }
-
-
-def launch_command(argv: Sequence[str]) -> str:
-    """The command line that made a run, with the launcher when there were several processes."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1:
-        per_node = os.environ.get("LOCAL_WORLD_SIZE", str(world_size))
-        nodes = world_size // max(int(per_node), 1)
-        launcher = f"torchrun --nproc_per_node {per_node}" + (f" --nnodes {nodes}" if nodes > 1 else "")
-        prefix = f"{launcher} -m llm_memory.train"
-    else:
-        prefix = "python -m llm_memory.train"
-    return f"{prefix} {shlex.join(argv)}".strip()
 
 
 def card_metadata(info: ModelCardInfo) -> ModelCardData:
@@ -289,6 +201,4 @@ __all__ = [
     "ModelCardInfo",
     "build_model_card",
     "card_metadata",
-    "describe_dataset",
-    "launch_command",
 ]

@@ -8,7 +8,7 @@ saved in the config (``classifier_temperature``) and the model divides its logit
 probabilities. ECE (expected calibration error) is the measure: the mean gap between confidence and
 accuracy over equal-width confidence bins, weighted by the share of texts in each.
 
-    python -m llm_memory.calibration --model checkpoints/sentiment   # fits on the review validation split
+    python -m llm_memory.training.calibration --model checkpoints/sentiment   # fits on the review validation split
 """
 
 import argparse
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .data import load_movie_reviews
-from .memory import windowed_classification_logits
+from llm_memory.memory.recurrence import windowed_classification_logits
+from llm_memory.training.reviews import load_movie_reviews
 
 ECE_BINS = 15
 # T is searched in [e^-3, e^3]; a model needing more is broken, not over-confident.

@@ -1,26 +1,26 @@
 """Builds the Hugging Face Space folder of the demo, and uploads it.
 
-    python -m llm_memory.space --repo_id USER/llm-memory --out build/space [--dry-run]
+    python -m llm_memory.hub.space --repo_id USER/llm-memory --out build/space [--dry-run]
         [--model checkpoints/memory-lm] [--classifier checkpoints/sentiment] [--summarizer PATH]
 
-The folder holds the template in ``spaces/`` (a README whose YAML front matter configures the Space, its
-requirements, a thin ``app.py``), the repository's ``app.py`` as ``demo.py``, a copy of the ``llm_memory``
-package, and the checkpoints, so that the Space starts with nothing to download. A model given as a Hub
-id is not copied: it is listed in the README's ``models`` and set as a Space variable instead. The
-upload is ``huggingface_hub.HfApi().upload_folder(repo_type="space")``; ``--dry-run`` only builds.
+Run from a checkout's root: the paths default to its ``spaces/`` template and ``checkpoints/``. The folder
+holds the template (a README whose YAML front matter configures the Space, its requirements, a thin
+``app.py`` that starts ``llm_memory.demo``), a copy of the ``llm_memory`` package, and the checkpoints, so
+that the Space starts with nothing to download. A model given as a Hub id is not copied: it is listed in
+the README's ``models`` and set as a Space variable instead. The upload is
+``huggingface_hub.HfApi().upload_folder(repo_type="space")``; ``--dry-run`` only builds.
 """
 
 import argparse
+import importlib.resources
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_DIR = PACKAGE_DIR.parent
-TEMPLATE_DIR = REPO_DIR / "spaces"
+# The package that the Space runs: this one, wherever it is installed.
+PACKAGE_DIR = Path(str(importlib.resources.files("llm_memory")))
 TEMPLATE_FILES = ("README.md", "requirements.txt", "app.py")
-DEMO_FILE = REPO_DIR / "app.py"
 
 # Where each model goes in the Space (the demo's defaults), and the variable that names a Hub model.
 CHECKPOINTS = {
@@ -28,6 +28,8 @@ CHECKPOINTS = {
     "classifier": ("checkpoints/sentiment", "LLM_MEMORY_CLASSIFIER"),
     "summarizer": ("checkpoints/summarizer", "LLM_MEMORY_SUMMARIZER"),
 }
+# The Memory tab's model, where the demo looks for it.
+MEMORY_CHECKPOINT = "checkpoints/memory-passkey"
 # Training leftovers that a Space does not need.
 SKIPPED = shutil.ignore_patterns(
     "checkpoint-*",
@@ -67,14 +69,17 @@ def build_space(
     classifier: str,
     summarizer: str | None = None,
     overwrite: bool = False,
+    template_dir: str | os.PathLike = "spaces",
+    memory_model: str | os.PathLike | None = None,
 ) -> SpaceBuild:
-    """Assembles the Space folder in ``out``; models are local folders (copied) or Hub ids (linked)."""
-    out = Path(out)
-    missing = [name for name in TEMPLATE_FILES if not (TEMPLATE_DIR / name).is_file()]
-    if missing or not DEMO_FILE.is_file():
+    """Assembles the Space folder in ``out`` from ``template_dir``; models are local folders (copied) or
+    Hub ids (linked). ``memory_model``, the Memory tab's fine-tuned folder, travels too when it exists."""
+    out, template_dir = Path(out), Path(template_dir)
+    missing = [name for name in TEMPLATE_FILES if not (template_dir / name).is_file()]
+    if missing:
         raise SpaceError(
-            f"The Space template is incomplete (missing {', '.join(missing) or DEMO_FILE.name}); run this from "
-            "a checkout of the repository, where spaces/ and app.py sit next to llm_memory/."
+            f"The Space template {str(template_dir)!r} is incomplete (missing {', '.join(missing)}); run this "
+            "from a checkout's root, where spaces/ sits, or pass --template."
         )
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -95,15 +100,13 @@ def build_space(
             hub_models[variable] = str(source)
 
     # The Memory tab's fine-tuned model travels too, when it exists, with its curves in its folder.
-    for extra in (REPO_DIR / "checkpoints" / "memory-passkey",):
-        if extra.is_dir():
-            shutil.copytree(extra, out / extra.relative_to(REPO_DIR), ignore=SKIPPED)
+    if memory_model is not None and Path(memory_model).is_dir():
+        shutil.copytree(memory_model, out / MEMORY_CHECKPOINT, ignore=SKIPPED)
 
     for name in TEMPLATE_FILES:
-        shutil.copy2(TEMPLATE_DIR / name, out / name)
+        shutil.copy2(template_dir / name, out / name)
     readme = (out / "README.md").read_text(encoding="utf-8")
     (out / "README.md").write_text(front_matter_models(readme, list(hub_models.values())), encoding="utf-8")
-    shutil.copy2(DEMO_FILE, out / "demo.py")
     shutil.copytree(PACKAGE_DIR, out / "llm_memory", ignore=SKIPPED)
     return SpaceBuild(out, hub_models)
 
@@ -128,14 +131,15 @@ def upload_space(build: SpaceBuild, repo_id: str, private: bool = False, token: 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Build the demo's Hugging Face Space folder and upload it.")
     parser.add_argument("--repo_id", required=True, help="The Space, e.g. USER/llm-memory.")
-    parser.add_argument(
-        "--out", default=str(REPO_DIR / "build" / "space"), help="Folder to build the Space in."
-    )
+    parser.add_argument("--out", default="build/space", help="Folder to build the Space in.")
     parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true", help="Build only.")
     parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --out folder.")
-    parser.add_argument("--model", default=str(REPO_DIR / CHECKPOINTS["model"][0]))
-    parser.add_argument("--classifier", default=str(REPO_DIR / CHECKPOINTS["classifier"][0]))
-    embedded_summarizer = REPO_DIR / CHECKPOINTS["summarizer"][0]
+    parser.add_argument("--model", default=CHECKPOINTS["model"][0])
+    parser.add_argument("--classifier", default=CHECKPOINTS["classifier"][0])
+    parser.add_argument(
+        "--template", default="spaces", help="The Space template folder (a checkout's spaces/)."
+    )
+    embedded_summarizer = Path(CHECKPOINTS["summarizer"][0])
     parser.add_argument(
         "--summarizer",
         default=str(embedded_summarizer) if embedded_summarizer.is_dir() else None,
@@ -145,7 +149,15 @@ def main(argv=None):
     parser.add_argument("--token", default=None, help="Hub token (default: the saved login or HF_TOKEN).")
     args = parser.parse_args(argv)
     try:
-        build = build_space(args.out, args.model, args.classifier, args.summarizer, args.overwrite)
+        build = build_space(
+            args.out,
+            args.model,
+            args.classifier,
+            args.summarizer,
+            args.overwrite,
+            template_dir=args.template,
+            memory_model=MEMORY_CHECKPOINT,
+        )
     except SpaceError as err:
         parser.exit(2, f"error: {err}\n")
     print(f"Built the Space in {build.folder}")

@@ -1,13 +1,14 @@
 """Upload a trained model folder to the Hugging Face Hub.
 
-The folder is what ``python -m llm_memory.train`` writes: weights, config, tokenizer, the model code and
-a model card. It is checked for completeness first, so a half-written or wrong folder is never
-published; then ``huggingface_hub.HfApi`` creates the repository (if needed) and uploads the folder in
+The folder is what ``python -m llm_memory.training`` writes: weights, config, tokenizer, the model code and
+a model card. It is checked first, so a half-written or wrong folder is never published: it must be
+complete, and its model code (what ``trust_remote_code=True`` runs) must be the package's, byte for
+byte (``python -m llm_memory.hub.model_code FOLDER`` refreshes it); then ``huggingface_hub.HfApi`` creates the repository (if needed) and uploads the folder in
 one commit, leaving out the Trainer's checkpoints.
 
 Example::
 
-    python -m llm_memory.push --folder runs/small-lm --repo_id my-name/memory-transformer-small
+    python -m llm_memory.hub.push --folder runs/small-lm --repo_id my-name/memory-transformer-small
 """
 
 import dataclasses
@@ -18,6 +19,8 @@ from pathlib import Path
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import HfArgumentParser
+
+from llm_memory.hub.model_code import stale_files
 
 # Resumable training state, not part of the model.
 UPLOAD_IGNORE_PATTERNS = ["checkpoint-*", "runs/*", "training_args.bin", ".*"]
@@ -58,7 +61,8 @@ def required_files(folder: Path) -> list[str]:
 
 
 def check_folder(folder: str | Path) -> None:
-    """Raises ValueError naming what is missing from a model folder."""
+    """Raises ValueError naming what is missing from a model folder, or its model code that differs from
+    the package's."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(
@@ -78,6 +82,13 @@ def check_folder(folder: str | Path) -> None:
     readme = (folder / "README.md").read_text(encoding="utf-8")
     if not readme.startswith("---\n"):
         raise ValueError(f"{str(folder / 'README.md')!r} has no YAML metadata block (a first line of `---`).")
+    stale = stale_files(folder)
+    if stale:
+        raise ValueError(
+            f"The model code in {str(folder)!r} differs from the package's ({', '.join(p.name for p in stale)}), "
+            "so the pushed repository would run code that the tests do not cover; refresh it with "
+            f"`python -m llm_memory.hub.model_code {folder}` and push again."
+        )
 
 
 def push(args: PushArguments) -> str:
@@ -98,7 +109,7 @@ def push(args: PushArguments) -> str:
 def main(argv: list[str] | None = None) -> int:
     """The command line: returns 0, or 1 after one ``error:`` line on stderr."""
     parser = HfArgumentParser(
-        PushArguments, prog="python -m llm_memory.push", description=__doc__.split("\n")[0]
+        PushArguments, prog="python -m llm_memory.hub.push", description=__doc__.split("\n")[0]
     )
     try:
         (args,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)

@@ -127,3 +127,8 @@ def readable_pieces(tokenizer: PreTrainedTokenizerFast, ids: Sequence[int]) -> l
 def piece_texts(tokenizer: PreTrainedTokenizerFast, ids: Sequence[int]) -> list[str]:
     """The texts of ``readable_pieces``, for labels in a display."""
     return [piece.text for piece in readable_pieces(tokenizer, ids)]
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` without special tokens; callers cut them to the window themselves."""
+    return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]

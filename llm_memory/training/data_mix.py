@@ -9,13 +9,13 @@ Every source is read from an installed package, never downloaded:
 | wikipedia | ``gensim`` 4.4.0 on PyPI (LGPL-2.1; the articles are Wikipedia's, CC BY-SA) | 106 English Wikipedia articles of its test data, wiki markup removed | ~0.48M words |
 | news | ``gensim`` 4.4.0 (as above) | the Lee corpus: 300 + 50 Australian news stories | ~0.08M words |
 
-The reviews keep their fixed splits (``data.load_movie_reviews``): their validation split is the mix's
+The reviews keep their fixed splits (``reviews.load_movie_reviews``): their validation split is the mix's
 validation split, and their test split stays untouched for the benchmarks. A seeded tenth of the
 general-English documents is held out as ``test_english``, so a benchmark can tell whether the model
 learned English beyond reviews.
 
-    python -m llm_memory.data_mix --output_dir data/lm_mix   # writes the splits as JSON lines + manifest
-    python -m llm_memory.train --dataset_name lm_mix ...      # or trains on the mix directly
+    python -m llm_memory.training.data_mix --output_dir data/lm_mix   # writes the splits as JSON lines + manifest
+    python -m llm_memory.training --dataset_name lm_mix ... # or trains on the mix directly
 
 The sentiment mix (``sentiment_mix``, ``load_sentiment_mix``) turns each labelled review of a split into
 texts of three lengths, so that a one-line review is read as well as a long one: the whole review
@@ -32,9 +32,10 @@ import random
 import re
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, Features, Value, concatenate_datasets
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, concatenate_datasets
 
-from . import data
+from llm_memory.training import data
+from llm_memory.training.reviews import MOVIE_REVIEWS_LABELS, load_movie_reviews
 
 # The held-out share of the general-English documents.
 ENGLISH_TEST_FRACTION = 0.10
@@ -112,7 +113,7 @@ def _english_splits(seed: int) -> tuple[Dataset, Dataset]:
 def load_lm_mix(seed: int = 0) -> DatasetDict:
     """Splits ``train`` (reviews' train + 90% of the English text), ``validation`` and ``test`` (the
     reviews' own) and ``test_english`` (the other 10%); columns ``text`` and ``source``."""
-    reviews = data.load_movie_reviews()
+    reviews = load_movie_reviews()
     english_train, english_test = _english_splits(seed)
 
     def review_rows(split):
@@ -131,7 +132,7 @@ def load_lm_mix(seed: int = 0) -> DatasetDict:
 SENTIMENT_FEATURES = Features(
     {
         "text": Value("string"),
-        "label": data.ClassLabel(names=data.MOVIE_REVIEWS_LABELS),
+        "label": ClassLabel(names=MOVIE_REVIEWS_LABELS),
         "kind": Value("string"),
     }
 )
@@ -156,7 +157,7 @@ def review_end(text: str, rng: random.Random) -> str | None:
 def load_sentiment_mix(seed: int = 0) -> DatasetDict:
     """``train`` and ``validation`` of labelled texts of mixed lengths (columns ``text``, ``label``
     and ``kind``: review, review end or critic sentence), from the reviews' own splits."""
-    reviews = data.load_movie_reviews()
+    reviews = load_movie_reviews()
     rng = random.Random(seed)
     splits = {}
     for name in ("train", "validation"):

@@ -6,12 +6,17 @@ decoding of all (bench/app_speed.py times 16 requests at once on an app that dec
 process, and on one that decodes in a child). So the app decodes in a child process that loads the
 same model folder and runs a ``GenerationBatcher``; requests, cancels and tokens cross a pipe, the
 tokens of a decoding step in one message. The parent keeps its models for everything else
-(classification, attention, beam search) and reads the tokens into rows like the batcher's own, so
-``generate_stream`` works the same on either.
+(classification, attention, beam search) and reads the tokens into rows like the batcher's own:
+``DecoderProcess`` implements the ``Batcher`` protocol, so ``generate_stream`` works the same on either.
+
+The child is ``python -m llm_memory.serving.decoder_process`` run by the same interpreter, so it imports
+the package the way the server did (installed, or from the working directory); it imports neither
+Gradio nor Plotly.
 """
 
 import contextlib
 import itertools
+import json
 import multiprocessing
 import os
 import subprocess
@@ -20,23 +25,22 @@ import threading
 import time
 import weakref
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
-from .inference import GenerationBatcher, GenerationSettings, ModelLoadError, _load, _Row
+from llm_memory.generation_settings import GenerationSettings
+from llm_memory.serving.batcher import GenerationBatcher, batcher_options
+from llm_memory.serving.loading import ModelLoadError, load_model
+from llm_memory.serving.rows import Row
+from llm_memory.serving.settings import SERVE_DEFAULTS, ServeSettings
 
 # What a row reports to the parent: a token, its end, or its failure (with the message).
 TOKEN, END, FAILED = 0, 1, 2
 START_TIMEOUT_S = 300.0
-# A child with requests in hand that sends nothing for this long is frozen (stopped, deadlocked): it is
-# killed, its requests fail with a message that says so, and the next request starts another. It sends
-# after every decoding step, and a step, or the first pass over a batch's prompts, takes well under 1 s.
-STALL_TIMEOUT_S = float(os.environ.get("LLM_MEMORY_STALL_TIMEOUT_S", "30"))
 
 
-class _Outbox:
+class Outbox:
     """The child's row events, sent by one thread: all that gathered since its last send, in one message.
 
     A decoding step's tokens are put without waking the sender and go together once the step is done
@@ -70,10 +74,10 @@ class _Outbox:
             connection.send(("rows", events))
 
 
-class _ReportingRow(_Row):
+class ReportingRow(Row):
     """A row in the child: what the batcher puts in it also goes to the parent."""
 
-    def __init__(self, row_id: int, outbox: _Outbox, prompt_ids: list[int], settings: GenerationSettings):
+    def __init__(self, row_id: int, outbox: Outbox, prompt_ids: list[int], settings: GenerationSettings):
         super().__init__(prompt_ids, settings)
         self.row_id = row_id
         self.outbox = outbox
@@ -89,27 +93,27 @@ class _ReportingRow(_Row):
             self.outbox.put((self.row_id, FAILED if failed else END, str(self.error) if failed else None))
 
 
-class _ReportingBatcher(GenerationBatcher):
+class ReportingBatcher(GenerationBatcher):
     """The child's batcher: a decoding step's tokens go to the parent together, once the step is done."""
 
-    def __init__(self, model, tokenizer, outbox: _Outbox):
-        super().__init__(model, tokenizer)
+    def __init__(self, model, tokenizer, outbox: Outbox, settings: ServeSettings = SERVE_DEFAULTS):
+        super().__init__(model, tokenizer, **batcher_options(settings))
         self.outbox = outbox
 
     def step_done(self):
         self.outbox.flush()
 
 
-def _serve(connection, model_path: str, torch_threads: int):
+def serve(connection, model_path: str, torch_threads: int, settings: ServeSettings):
     """The child: loads the model, then decodes what the parent submits until the parent is gone."""
     torch.set_num_threads(torch_threads)
     try:
-        model, tokenizer = _load(model_path, AutoModelForCausalLM, "model")
+        model, tokenizer = load_model(model_path, AutoModelForCausalLM, "model", pack=settings.packed_linear)
     except Exception as err:  # the parent must hear why, or it would wait for tokens that never come
         connection.send(("failed", f"{type(err).__name__}: {err}"))
         return
-    outbox = _Outbox(connection)  # sends nothing until a row has news
-    batcher = _ReportingBatcher(model, tokenizer, outbox)
+    outbox = Outbox(connection)  # sends nothing until a row has news
+    batcher = ReportingBatcher(model, tokenizer, outbox, settings)
     connection.send(("ready",))
     rows = weakref.WeakValueDictionary()  # the rows still decoding or waiting, for cancels
     while True:
@@ -119,7 +123,7 @@ def _serve(connection, model_path: str, torch_threads: int):
             return
         if message[0] == "submit":
             _, row_id, prompt_ids, settings = message
-            rows[row_id] = batcher.submit_row(_ReportingRow(row_id, outbox, prompt_ids, settings))
+            rows[row_id] = batcher.submit_row(ReportingRow(row_id, outbox, prompt_ids, settings))
         elif message[0] == "cancel" and (row := rows.get(message[1])) is not None:
             row.cancel()
 
@@ -134,17 +138,15 @@ CHILD_ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 class _Child:
     """One child process, its pipe, and the parent's rows that it decodes."""
 
-    def __init__(self, model_path: str, torch_threads: int, stall_timeout_s: float = STALL_TIMEOUT_S):
+    def __init__(self, model_path: str, torch_threads: int, stall_timeout_s: float, settings: ServeSettings):
         # A fresh interpreter that runs this module, with none of this one's threads or held locks
         # (multiprocessing's spawn would also run the parent's main script again).
         self.connection, child_connection = multiprocessing.Pipe()
-        package_root = str(Path(__file__).resolve().parent.parent)
-        pythonpath = os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "llm_memory.decoder_process", str(child_connection.fileno()), model_path]
-            + [str(torch_threads)],
+            [sys.executable, "-m", "llm_memory.serving.decoder_process", str(child_connection.fileno())]
+            + [model_path, str(torch_threads), json.dumps(settings.to_dict())],
             pass_fds=[child_connection.fileno()],
-            env={**os.environ, **CHILD_ALLOCATOR_ENV, "PYTHONPATH": pythonpath},
+            env={**os.environ, **CHILD_ALLOCATOR_ENV},
         )
         child_connection.close()
         self.lock = threading.Lock()  # guards the pipe's sending end, ``rows`` and ``gone``
@@ -241,7 +243,7 @@ class _Child:
             self.process.wait()
 
 
-class _RemoteRow(_Row):
+class _RemoteRow(Row):
     """A row in the parent, filled from the child's messages; a cancel goes to the child."""
 
     def __init__(self, child: _Child, row_id: int, prompt_ids: list[int], settings: GenerationSettings):
@@ -256,11 +258,20 @@ class _RemoteRow(_Row):
 
 
 class DecoderProcess:
-    """Takes ``GenerationBatcher``'s place in ``Models``: ``submit`` returns a row that fills with the
-    tokens the child decodes. A child that exits (killed, out of memory) fails its requests with an
-    error that says so, and the next request starts a new one."""
+    """The ``Batcher`` of a child process: ``submit`` returns a row that fills with the tokens the child
+    decodes. A child that exits (killed, out of memory) fails its requests with an error that says so,
+    and the next request starts a new one. A child with requests in hand that sends nothing for
+    ``stall_timeout_s`` is frozen (stopped, deadlocked): it is killed, its requests fail with a message
+    that says so, and the next request starts another; it sends after every decoding step, which
+    takes well under a second."""
 
-    def __init__(self, model_path, torch_threads: int = 1, stall_timeout_s: float = STALL_TIMEOUT_S):
+    def __init__(
+        self,
+        model_path,
+        torch_threads: int = 1,
+        stall_timeout_s: float = SERVE_DEFAULTS.stall_timeout_s,
+        settings: ServeSettings = SERVE_DEFAULTS,
+    ):
         if os.name != "posix":
             raise OSError(
                 "The decoding process hands the child its pipe as POSIX systems do; decode in-process here."
@@ -268,12 +279,13 @@ class DecoderProcess:
         self.model_path = str(model_path)
         self.torch_threads = torch_threads
         self.stall_timeout_s = stall_timeout_s
+        self.settings = settings
         self._lock = threading.Lock()  # guards ``_child``
         self._row_ids = itertools.count()
         self._child = self._start()
 
     def _start(self) -> _Child:
-        return _Child(self.model_path, self.torch_threads, self.stall_timeout_s)
+        return _Child(self.model_path, self.torch_threads, self.stall_timeout_s, self.settings)
 
     @property
     def pid(self) -> int:
@@ -293,7 +305,7 @@ class DecoderProcess:
                 f"The decoding process could not load the model {self.model_path!r}: {reason}", "model"
             )
 
-    def submit(self, prompt_ids: list[int], settings: GenerationSettings) -> _Row:
+    def submit(self, prompt_ids: list[int], settings: GenerationSettings) -> Row:
         with self._lock:
             if self._child.gone:  # the last one exited, and its requests have failed
                 self._child = self._start()
@@ -307,5 +319,9 @@ class DecoderProcess:
         self._child.close()
 
 
-if __name__ == "__main__":  # the child: python -m llm_memory.decoder_process FD MODEL THREADS
-    _serve(Connection(int(sys.argv[1])), sys.argv[2], int(sys.argv[3]))
+if (
+    __name__ == "__main__"
+):  # the child: python -m llm_memory.serving.decoder_process FD MODEL THREADS SETTINGS
+    serve(
+        Connection(int(sys.argv[1])), sys.argv[2], int(sys.argv[3]), ServeSettings(**json.loads(sys.argv[4]))
+    )

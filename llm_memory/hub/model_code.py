@@ -5,17 +5,16 @@ into every model folder, so that ``trust_remote_code=True`` loads the folder (or
 without this package. A folder saved before a change to those files would run older code than the
 package's tests cover; ``refresh`` copies the package's current files over the folder's.
 
-    python -m llm_memory.model_code checkpoints/*      # refresh; exits 1 and names them with --check
+    python -m llm_memory.hub.model_code checkpoints/*      # refresh; exits 1 and names them with --check
 """
 
 import argparse
-import filecmp
-import shutil
+import importlib.resources
 import sys
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-# The files that a model folder's config.json ``auto_map`` names.
+# The package's model code: the files that a model folder's config.json ``auto_map`` names.
+MODELING = importlib.resources.files("llm_memory.modeling")
 CODE_FILES = ("configuration_memory_transformer.py", "modeling_memory_transformer.py")
 
 
@@ -25,7 +24,7 @@ def stale_files(folder: str | Path) -> list[Path]:
     return [
         folder / name
         for name in CODE_FILES
-        if not (folder / name).is_file() or not filecmp.cmp(folder / name, PACKAGE_DIR / name, shallow=False)
+        if not (folder / name).is_file() or (folder / name).read_bytes() != (MODELING / name).read_bytes()
     ]
 
 
@@ -36,7 +35,7 @@ def refresh(folder: str | Path) -> list[Path]:
         raise FileNotFoundError(f"{folder} holds no config.json, so it is not a model folder.")
     stale = stale_files(folder)
     for path in stale:
-        shutil.copyfile(PACKAGE_DIR / path.name, path)
+        path.write_bytes((MODELING / path.name).read_bytes())
     return stale
 
 

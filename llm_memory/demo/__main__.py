@@ -1,0 +1,7 @@
+"""``python -m llm_memory.demo``: the web demo (``app.main``), on the ``checkpoints/`` of the working
+directory or on model folders given with ``--model``, ``--classifier`` and ``--summarizer``."""
+
+from llm_memory.demo.app import main
+
+if __name__ == "__main__":
+    main()
