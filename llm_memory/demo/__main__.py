@@ -1,5 +1,8 @@
-"""``python -m llm_memory.demo``: the web demo (``app.main``), on the ``checkpoints/`` of the working
-directory or on model folders given with ``--model``, ``--classifier`` and ``--summarizer``."""
+"""``python -m llm_memory.demo``: the web demo (``app.main``).
+
+It serves the ``checkpoints/`` of the working directory, or the model folders given with ``--model``,
+``--classifier`` and ``--summarizer``.
+"""
 
 from llm_memory.demo.app import main
 

@@ -1,3 +1,5 @@
-"""Serving the models to many users at once: loading, the settings, the batchers (in this process or a
-decoding child process), the sampler, the reserving cache, shared-prefix attention and packed linear
-layers. Imports neither Gradio nor Plotly."""
+"""Serving the models to many users at once, in this process or a decoding child process.
+
+Loading, the settings, the batchers, the sampler, the reserving cache, shared-prefix attention and
+packed linear layers. Imports neither Gradio nor Plotly.
+"""

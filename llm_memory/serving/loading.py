@@ -1,7 +1,7 @@
-"""A model folder loaded for serving, and what the tasks read off a loaded model: its window, its eos ids,
-whether it is tuned to summarize.
+"""A model folder loaded for serving, and what the tasks read off a loaded model.
 
-Loading checks what it reads (a missing folder, a corrupt weights file, NaN weights) and raises
+Its window, its eos ids, whether it is tuned to summarize, a generation config of its own. Loading
+checks what it reads (a missing folder, a corrupt weights file, NaN weights) and raises
 ``ModelLoadError`` naming the model that failed; the model comes back in eval mode with gradients off,
 its linear layers on oneDNN's packed kernels (``packed_linear``).
 """

@@ -1,5 +1,7 @@
-"""The training mixes: for pretraining, the review corpus plus general English text that installed
-packages ship; for the sentiment classifier, reviews at mixed lengths.
+"""The training mixes: reviews plus general English text for pretraining, reviews at mixed lengths for sentiment.
+
+The pretraining mix adds English text that installed packages ship to the review corpus; the sentiment
+mix reads each labelled review at three lengths.
 
 Every source is read from an installed package, never downloaded:
 
