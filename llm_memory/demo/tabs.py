@@ -141,11 +141,8 @@ def generate_tab(models: Models) -> None:
         outputs=[output, speed],
         api_name="generate",
         # The inputs reach generate() as sent and its outputs go out as returned: the task checks every
-        # input itself, and a Textbox, Radio, Slider or Number does no more than pass a value through.
-        # Gradio would otherwise run each input's preprocess and each streamed output's postprocess on a
-        # worker thread, one hop each: 9 per request and 2 per update. Traced, in a burst of 16 requests
-        # those hops, waiting on one interpreter lock, held the requests back ~35 ms before the model
-        # saw them (bench/app_speed.py times such bursts).
+        # input itself, and a worker-thread hop per input and per update would hold a burst back
+        # (docs/serving.md has the trace).
         preprocess=False,
         postprocess=False,
     )

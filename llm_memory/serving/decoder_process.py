@@ -128,10 +128,8 @@ def serve(connection, model_path: str, torch_threads: int, settings: ServeSettin
             row.cancel()
 
 
-# glibc's malloc raises its mmap threshold as large blocks are freed, so the decoding process's cache
-# tensors (each step's keys and values, freed as batches end) come to live on the heap, which keeps
-# what it once held: under concurrent load the process grew from 566 to 1,400 MB. A fixed threshold
-# keeps blocks of 128 KiB and up in mmap, returned to the system when freed; it levelled at ~880 MB.
+# A fixed mmap threshold: the cache tensors of ended batches go back to the system instead of staying on
+# glibc's heap, which otherwise grows under load (docs/serving.md, "The decoding process's allocator").
 CHILD_ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 
 

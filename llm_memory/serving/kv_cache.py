@@ -12,10 +12,9 @@ from transformers.cache_utils import DynamicLayer, LinearAttentionAndFullAttenti
 
 def reserved_update(layer, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
     """``DynamicLayer.update`` with the keys and values written into tensors with room for the batch's
-    last position, and read as views of them. ``DynamicLayer`` concatenates on every step, copying the
-    whole cache per token (bench/batch_decoding.py: a step of 16 rows at 128-228 positions takes
-    0.84-0.91x the time without the copy). After rows leave (``reorder_cache`` makes compact tensors)
-    the next step reserves again."""
+    last position, and read as views of them, instead of the whole cache copied per token
+    (``bench/batch_decoding.py`` measures both). After rows leave (``reorder_cache`` makes compact
+    tensors) the next step reserves again."""
     if not layer.is_initialized:
         layer.lazy_initialization(key_states, value_states)
     length = layer.keys.shape[-2] if layer.keys.numel() else 0

@@ -49,8 +49,8 @@ def repeated_ngram_mask(
     """(B, vocab) True for each token that would end an n-gram of ``size`` already in its row.
 
     The rule of Transformers' NoRepeatNGramLogitsProcessor, on tensors instead of a Python dict per
-    row (that processor walks every row's tokens on every step: ~1 ms for 16 rows of 200 tokens, a
-    fifth of a batched decoding step here). Rows are left-padded; n-grams that start in a row's
+    row: that processor walks every row's tokens on every step, a large share of a batched step. Rows
+    are left-padded; n-grams that start in a row's
     padding (before ``starts``) do not count. A test checks it against the processor. With ``forms``,
     n-grams are compared by word form (see ``WordForms``) and every token of a banned form is banned.
     """
