@@ -298,7 +298,12 @@ class DecoderProcess:
                 "model",
             )
         if child.failure is not None or child.gone:
-            reason = child.failure or f"it exited with code {child.process.returncode}"
+            # A child that never reported could not start: most often, it could not import this package.
+            reason = child.failure or (
+                f"it exited with code {child.process.returncode} before loading; it runs `python -m "
+                f"llm_memory.serving.decoder_process` in {os.getcwd()!r}, where llm_memory must be importable "
+                "(install the package, or start the app from the folder that holds it)"
+            )
             raise ModelLoadError(
                 f"The decoding process could not load the model {self.model_path!r}: {reason}", "model"
             )
