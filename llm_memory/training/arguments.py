@@ -17,6 +17,7 @@ from typing import Literal, NamedTuple
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from llm_memory.modeling.configuration_memory_transformer import MemoryTransformerConfig
 from llm_memory.training.tokenization import MIN_VOCAB_SIZE
 
 # Windows a classified text may span with --memory_windows: 16 x 256 tokens is past 99.9% of IMDB reviews.
@@ -29,7 +30,8 @@ PRESETS = importlib.resources.files("llm_memory.training") / "presets"
 
 @dataclasses.dataclass
 class ModelArguments:
-    """The model to train: a new one of the given size, or a checkpoint to fine-tune."""
+    """The model to train: a new one of the given size, or a checkpoint to fine-tune. The sizes default
+    to the config's own defaults (``MemoryTransformerConfig``), stated once there."""
 
     init_from: str | None = dataclasses.field(
         default=None,
@@ -47,30 +49,43 @@ class ModelArguments:
         },
     )
     vocab_size: int = dataclasses.field(
-        default=8192,
+        default=MemoryTransformerConfig.vocab_size,
         metadata={"help": f"Size of the tokenizer trained when none is given (at least {MIN_VOCAB_SIZE})."},
     )
-    hidden_size: int = dataclasses.field(default=256, metadata={"help": "Width of the model."})
-    num_hidden_layers: int = dataclasses.field(default=4, metadata={"help": "Number of transformer blocks."})
-    num_attention_heads: int = dataclasses.field(
-        default=4, metadata={"help": "Attention heads per block; must divide --hidden_size."}
+    hidden_size: int = dataclasses.field(
+        default=MemoryTransformerConfig.hidden_size, metadata={"help": "Width of the model."}
     )
-    intermediate_size: int = dataclasses.field(default=1024, metadata={"help": "Width of the MLP."})
+    num_hidden_layers: int = dataclasses.field(
+        default=MemoryTransformerConfig.num_hidden_layers, metadata={"help": "Number of transformer blocks."}
+    )
+    num_attention_heads: int = dataclasses.field(
+        default=MemoryTransformerConfig.num_attention_heads,
+        metadata={"help": "Attention heads per block; must divide --hidden_size."},
+    )
+    intermediate_size: int = dataclasses.field(
+        default=MemoryTransformerConfig.intermediate_size, metadata={"help": "Width of the MLP."}
+    )
     max_position_embeddings: int = dataclasses.field(
-        default=256, metadata={"help": "Attention window in tokens: the longest sequence the model reads."}
+        default=MemoryTransformerConfig.max_position_embeddings,
+        metadata={"help": "Attention window in tokens: the longest sequence the model reads."},
     )
     position_embedding_type: Literal["learned", "sinusoidal", "rope"] = dataclasses.field(
-        default="learned", metadata={"help": "How positions are encoded."}
+        default=MemoryTransformerConfig.position_embedding_type,
+        metadata={"help": "How positions are encoded."},
     )
     use_lstm: bool = dataclasses.field(
-        default=True, metadata={"help": "Add the LSTM memory layer after the transformer blocks."}
+        default=MemoryTransformerConfig.use_lstm,
+        metadata={"help": "Add the LSTM memory layer after the transformer blocks."},
     )
-    lstm_num_layers: int = dataclasses.field(default=1, metadata={"help": "Layers of the LSTM memory."})
+    lstm_num_layers: int = dataclasses.field(
+        default=MemoryTransformerConfig.lstm_num_layers, metadata={"help": "Layers of the LSTM memory."}
+    )
     hidden_dropout: float = dataclasses.field(
-        default=0.0, metadata={"help": "Dropout on embeddings and residual branches."}
+        default=MemoryTransformerConfig.hidden_dropout,
+        metadata={"help": "Dropout on embeddings and residual branches."},
     )
     attention_dropout: float = dataclasses.field(
-        default=0.0, metadata={"help": "Dropout on attention weights."}
+        default=MemoryTransformerConfig.attention_dropout, metadata={"help": "Dropout on attention weights."}
     )
     attn_implementation: str | None = dataclasses.field(
         default=None,
