@@ -124,7 +124,7 @@ def benchmark_curves(task: str, reports: Mapping[str, dict], model_name: str) ->
     if report is None:
         return None, (
             f"No benchmark curve of `{model_name}` on `{task}`: its folder holds no "
-            f"`{MODEL_RESULTS_DIR}/{task}.json`. `python -m llm_memory.memory_bench --model FOLDER --task {task} "
+            f"`{MODEL_RESULTS_DIR}/{task}.json`. `python -m llm_memory.memory --model FOLDER --task {task} "
             "--save_dir NEW_FOLDER` fine-tunes a model for it and saves the curve with it."
         )
     steps = report["train_steps"] + (report.get("curriculum_steps") or 0)

@@ -16,7 +16,7 @@ test as greedy decoding when the answer is right, and cheaper. Usage::
     python -m llm_memory.memory --model PATH --task passkey --distances 256,1024,4096 \\
         --samples 20 --train_steps 200
 
-What made the passkey checkpoint learn (``bench/README.md`` has the whole command): a curriculum
+What made the passkey checkpoint learn (docs/benchmarks.md has the whole command): a curriculum
 inside the window first, batches of 16 equally long probes at distances drawn per batch, chrono-
 initialized LSTM gates, and a few thousand steps; the loss sits at chance for the first ~1,000.
 """

@@ -70,7 +70,7 @@ def decode_complete(tokenizer, ids: list[int]) -> str:
 
 
 def generate_stream(
-    models: Models, prompt: str, min_interval_s: float = 0.0, **settings
+    models: Models, prompt: str, *, min_interval_s: float = 0.0, **settings
 ) -> Iterator[GenerationUpdate]:
     """Continues ``prompt``, yielding the generated text so far after every new token, or at most
     every ``min_interval_s`` (the first token and the end come at once; tokens in between are

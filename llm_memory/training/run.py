@@ -93,7 +93,7 @@ def setup_logging(training_args: TrainingArguments) -> None:
     )
     log_level = training_args.get_process_log_level()
     # This script's own few lines show on the main process; the libraries stay at their level.
-    # (the package's logger: the progress lines of llm_memory.training_log too)
+    # (the package's logger: the progress lines of llm_memory.training.training_log too)
     logging.getLogger("llm_memory").setLevel(
         min(log_level, logging.INFO) if training_args.should_log else log_level
     )

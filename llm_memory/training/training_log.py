@@ -7,7 +7,7 @@ the log to ``<output_dir>/training_log.csv``, a file that any tracker, spreadshe
 resumed run first drops the rows past the checkpoint it resumes from, so the file never holds a step
 twice.
 
-    python -m llm_memory.training_log RUN_DIR [RUN_DIR ...] --output curve.png
+    python -m llm_memory.training.training_log RUN_DIR [RUN_DIR ...] --output curve.png
 
 plots validation perplexity and training loss against tokens seen for one or more runs (a run folder
 holding ``training_log.csv`` or a ``trainer_state.json``, or the CSV itself).
