@@ -4,6 +4,7 @@ of every test, and their saved folders; nothing downloaded."""
 import csv
 import importlib.resources
 import itertools
+import shutil
 import socket
 from pathlib import Path
 
@@ -147,3 +148,24 @@ def free_port():
             return sock.getsockname()[1]
 
     return pick
+
+
+@pytest.fixture(scope="session")
+def corrupt_copy():
+    """``corrupt_copy(folder, tmp_path, damage)``: a copy of a checkpoint folder whose weights are cut in
+    half (``"truncated"``) or hold 4 KB of 0xff bytes (``"nan"``)."""
+
+    def damaged(folder, tmp_path: Path, damage: str) -> Path:
+        copy = tmp_path / f"{damage}-copy"
+        shutil.copytree(folder, copy)
+        weights = copy / "model.safetensors"
+        data = bytearray(weights.read_bytes())
+        if damage == "truncated":
+            data = data[: len(data) // 2]
+        else:
+            middle = len(data) // 2
+            data[middle : middle + 4096] = b"\xff" * 4096
+        weights.write_bytes(bytes(data))
+        return copy
+
+    return damaged

@@ -2,7 +2,6 @@
 summaries and attention at the level of readable pieces. Nothing is downloaded."""
 
 import math
-import shutil
 import threading
 import time
 from functools import partial
@@ -88,26 +87,13 @@ def test_missing_or_empty_model_folder_is_a_clear_error(tiny_checkpoints, tmp_pa
     assert str(tmp_path / folder) in str(info.value)
 
 
-def corrupt_copy(folder, tmp_path, damage: str):
-    """A copy of a checkpoint folder whose weights are cut in half, or hold 4 KB of 0xff bytes (NaN)."""
-    copy = tmp_path / f"{damage}-copy"
-    shutil.copytree(folder, copy)
-    weights = copy / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    if damage == "truncated":
-        data = data[: len(data) // 2]
-    else:
-        middle = len(data) // 2
-        data[middle : middle + 4096] = b"\xff" * 4096
-    weights.write_bytes(bytes(data))
-    return copy
-
-
 @pytest.mark.parametrize(
     ("damage", "message"),
     [("truncated", "is truncated or corrupt"), ("nan", r"holds NaN or infinite values \(first in")],
 )
-def test_a_corrupt_weights_file_is_named_in_the_error(tiny_checkpoints, tmp_path, damage, message):
+def test_a_corrupt_weights_file_is_named_in_the_error(
+    tiny_checkpoints, corrupt_copy, tmp_path, damage, message
+):
     broken = corrupt_copy(tiny_checkpoints["classifier"], tmp_path, damage)
     with pytest.raises(ModelLoadError, match=message) as info:
         load_models(tiny_checkpoints["model"], str(broken))

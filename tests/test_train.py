@@ -692,9 +692,9 @@ def test_a_run_without_a_logging_interval_still_logs_its_progress(text_files, tm
 
 
 @pytest.mark.parametrize("damage", ["truncated", "nan"])
-def test_init_from_a_corrupt_checkpoint_names_its_weights_file(damage, lm_folder, tmp_path, capsys):
-    from test_inference import corrupt_copy
-
+def test_init_from_a_corrupt_checkpoint_names_its_weights_file(
+    damage, lm_folder, corrupt_copy, tmp_path, capsys
+):
     broken = corrupt_copy(lm_folder, tmp_path, damage)
     assert training_main(tiny(tmp_path / "out", "--init_from", str(broken), "--max_steps", "1")) == 1
     message = "is truncated or corrupt" if damage == "truncated" else "holds NaN or infinite values"
