@@ -1,6 +1,6 @@
 """Speed of the demo as a user sees it, on this machine: the app runs in its own process and is timed over HTTP.
 
-    python bench/app_speed.py [--model PATH] [--classifier PATH] [--repeats 5] [--new_tokens N] [--json PATH]
+    python -m bench.app_speed [--model PATH] [--classifier PATH] [--repeats 5] [--new_tokens N] [--json PATH]
 
 - ready: seconds from ``python app.py`` to the first HTTP 200 of the page (imports and model loading);
 - first token: seconds from submitting a 200-token prompt to ``/generate`` to the first streamed text;
@@ -8,7 +8,7 @@
   plotly figures included;
 - concurrency: seconds for 16 clients' ``/generate`` requests (seeds 0-15) sent at once, over the time
   of one: the mean seconds of the same 16 requests sent one at a time. A request asks for as many new
-  tokens as the Generate tab does unless told (``inference.DEFAULT_MAX_NEW_TOKENS``, 64);
+  tokens as the Generate tab does unless told (``DEFAULT_MAX_NEW_TOKENS``, 64);
   ``--new_tokens 128`` asks for twice as many, which the README also reports. Sampled texts end at
   different lengths (an end-of-text token), so the time of one is that of the average request, not of
   one seed that happens to end early or late. With a short prompt and with the 200-token one (cut to
@@ -20,13 +20,13 @@
   browser's or a ``gradio_client`` one does (sessions persist between repeats, so only the warm-up sets
   them up). The 16 requests share their prompt, which the batcher
   reads once for all of them; the 200-token prompt's keys and values it also keeps once
-  (``llm_memory/shared_prefix.py``; ``bench/batch_decoding.py`` measures that against keeping them
+  (``llm_memory/serving/shared_prefix.py``; ``bench/batch_decoding.py`` measures that against keeping them
   per row).
 - classify: seconds for 16 users' ``/classify`` requests (16 different reviews' first 64 tokens), sent
   at once through the REST API, over the mean time of the same requests one at a time; concurrent
-  requests share one forward and backward pass (``inference.ClassifyBatcher``). ``--parts classify``
+  requests share one forward and backward pass (``ClassifyBatcher``). ``--parts classify``
   runs only this (and the start-up).
-- decoder process: the app decodes in a child process (``llm_memory/decoder_process.py``); a second
+- decoder process: the app decodes in a child process (``llm_memory/serving/decoder_process.py``); a second
   app started with ``LLM_MEMORY_DECODER_PROCESS=0`` decodes in the server's own process, and the same
   one and 16 ``gradio_client`` requests (short prompt) on it are the baseline, in the same run.
 
@@ -46,10 +46,7 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -61,10 +58,20 @@ import torch
 from gradio_client import Client
 from transformers import AutoTokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from llm_memory import inference  # noqa: E402
-from llm_memory.data import load_movie_reviews  # noqa: E402
+from bench._common import (
+    NUM_CLIENTS,
+    ROOT,
+    SHORT_PROMPT,
+    all_at_once_in_process,
+    free_port,
+    one_at_a_time_in_process,
+    rest_call,
+    start_app,
+)
+from llm_memory.generation_settings import DEFAULT_MAX_NEW_TOKENS
+from llm_memory.serving.models import load_models
+from llm_memory.serving.settings import ServeSettings
+from llm_memory.training.reviews import load_movie_reviews
 
 # Tokens of each /classify request: a review's opening, a one-line review.
 CLASSIFY_TOKENS = 64
@@ -85,44 +92,9 @@ TARGETS = {
     "rest_ratio_long": 3.0,
     "rest_same_ratio_long": 3.0,
 }
-# The Generate tab's first example. With it, 16 requests cost mostly decoding, which batching shares; with
-# a 200-token prompt they also cost 16 prompt passes, which no batching shares (the same tokens x 16).
-SHORT_PROMPT = "The movie was"
 PROMPT_TOKENS = 200
 ATTENTION_TOKENS = 256
-NEW_TOKENS = inference.DEFAULT_MAX_NEW_TOKENS  # per /generate request, as the tab sends (--new_tokens)
-NUM_CLIENTS = 16
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_app(args, port: int, **environment: str) -> tuple[subprocess.Popen, float]:
-    """Starts ``python app.py`` (with these extra environment variables) and returns it with the
-    seconds until its page answers."""
-    command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--host", "127.0.0.1"]
-    command += ["--model", args.model, "--classifier", args.classifier]
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **environment},
-    )
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"app.py exited with {process.returncode}:\n{process.stderr.read()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:
-                if response.status == 200:
-                    return process, time.perf_counter() - start
-        except OSError:
-            time.sleep(0.05)
+NEW_TOKENS = DEFAULT_MAX_NEW_TOKENS  # per /generate request, as the tab sends (--new_tokens)
 
 
 def text_of_tokens(tokenizer, texts: list[str], num_tokens: int) -> str:
@@ -200,26 +172,6 @@ def generate_parameters(url: str) -> list[dict]:
     """The ``/generate`` inputs in order, with the app's own defaults (from its API info)."""
     with urllib.request.urlopen(f"{url}gradio_api/info", timeout=10) as response:
         return json.load(response)["named_endpoints"]["/generate"]["parameters"]
-
-
-async def rest_call(
-    client: httpx.AsyncClient, url: str, endpoint: str, arguments: list, session: str
-) -> None:
-    """One call of ``endpoint`` through the REST API: post the inputs, then read its event stream to the end."""
-    body = {"data": arguments, "session_hash": session}
-    posted = await client.post(f"{url}gradio_api/call/{endpoint}", json=body)
-    posted.raise_for_status()
-    event_id = posted.json()["event_id"]
-    async with client.stream("GET", f"{url}gradio_api/call/{endpoint}/{event_id}") as stream:
-        event = None
-        async for line in stream.aiter_lines():
-            if line.startswith("event:"):
-                event = line.removeprefix("event:").strip()
-            elif line.startswith("data:") and event == "error":
-                raise RuntimeError(f"/{endpoint} answered an error: {line}")
-            elif line.startswith("data:") and event == "complete":
-                return
-    raise RuntimeError(f"/{endpoint}'s event stream ended without a result")
 
 
 def rest_seconds(url: str, prompt: str, seeds: Sequence[int]) -> float:
@@ -341,40 +293,10 @@ def decoding_in_the_server_seconds(args, repeats: int) -> dict[str, float]:
     }
 
 
-def generate_in_process(models, prompt: str, seed: int, new_tokens: int) -> tuple[float, str]:
-    """Seconds and text of one ``/generate`` request (seed ``seed``) called directly, without HTTP."""
-    start = time.perf_counter()
-    text = inference.generate(models, prompt, max_new_tokens=new_tokens, seed=seed).text
-    return time.perf_counter() - start, text
-
-
-def one_at_a_time_in_process(models, prompt: str, new_tokens: int) -> tuple[float, list[str]]:
-    """The burst's requests (seeds 0-15) called one after another: their mean seconds, and their texts."""
-    runs = [generate_in_process(models, prompt, seed, new_tokens) for seed in range(NUM_CLIENTS)]
-    return statistics.mean(seconds for seconds, _ in runs), [text for _, text in runs]
-
-
-def all_at_once_in_process(models, prompt: str, new_tokens: int) -> tuple[float, list[str]]:
-    """The burst's requests called at once, each on its own thread as Gradio's workers call them:
-    seconds until all are done, and their texts."""
-    texts = [""] * NUM_CLIENTS
-
-    def run(seed: int):
-        texts[seed] = generate_in_process(models, prompt, seed, new_tokens)[1]
-
-    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(NUM_CLIENTS)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return time.perf_counter() - start, texts
-
-
 def in_process_seconds(args, prompt: str, repeats: int) -> dict[str, float]:
     """One and 16 generations called directly, without HTTP: what the batcher itself achieves."""
     torch.set_num_threads(1)  # as app.py runs
-    models = inference.load_models(args.model)
+    models = load_models(args.model, settings=ServeSettings.from_env())
     timings = {}
     for name, text in (("short", SHORT_PROMPT), ("long", prompt)):
         (
@@ -428,12 +350,9 @@ def print_table(args, results: dict, rows: list[tuple[str, str, str]]) -> None:
 def main():
     global NEW_TOKENS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model", default=os.environ.get("LLM_MEMORY_MODEL", str(ROOT / "checkpoints/memory-lm"))
-    )
-    parser.add_argument(
-        "--classifier", default=os.environ.get("LLM_MEMORY_CLASSIFIER", str(ROOT / "checkpoints/sentiment"))
-    )
+    embedded = ServeSettings.from_env(checkpoints_dir=ROOT / "checkpoints")  # LLM_MEMORY_MODEL, ... win
+    parser.add_argument("--model", default=embedded.model)
+    parser.add_argument("--classifier", default=embedded.classifier)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--new_tokens",

@@ -12,7 +12,7 @@ runs both forms of each measure, the order alternating; figures are medians over
   ``SHARED_PREFIX_MIN_TOKENS``);
 - a burst: the batcher decodes 16 sampled requests with that prompt (seeds 0-15, the app's default
   settings, up to 128 new tokens) as one batch, with the prompt's keys and values kept per row
-  (``LLM_MEMORY_SHARED_PREFIX_MIN_TOKENS=0``) and once (``llm_memory/shared_prefix.py``).
+  (``LLM_MEMORY_SHARED_PREFIX_MIN_TOKENS=0``) and once (``llm_memory/serving/shared_prefix.py``).
 
 Parity: the greedy tokens of both caches, the largest difference between the two first passes'
 logits, and the burst's 16 texts, token for token.
@@ -21,7 +21,7 @@ logits, and the burst's 16 texts, token for token.
 the same text), the prompt kept once from any length against per row: where keeping it once starts to
 pay, which ``SHARED_PREFIX_MIN_TOKENS`` follows.
 
-    python bench/batch_decoding.py [--model PATH] [--rounds 5] [--shared_prompts 8,40,48] [--json PATH]
+    python -m bench.batch_decoding [--model PATH] [--rounds 5] [--shared_prompts 8,40,48] [--json PATH]
 """
 
 import os
@@ -30,20 +30,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench/model_speed.py
 
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from transformers import DynamicCache
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from llm_memory import inference  # noqa: E402
-from llm_memory.data import load_movie_reviews  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "bench"))
-from packed_linear import side_by_side_arguments  # noqa: E402
+from bench._common import side_by_side_arguments
+from llm_memory.serving.kv_cache import reserving_cache
+from llm_memory.serving.models import load_models
+from llm_memory.serving.rows import Batch, Row
+from llm_memory.serving.settings import ServeSettings
+from llm_memory.tasks.generate import check_generation_settings
+from llm_memory.training.reviews import load_movie_reviews
 
 ROWS = 16
 PROMPT_TOKENS = 128
@@ -75,13 +74,13 @@ def first_pass(model, input_ids, shared: bool) -> tuple[float, torch.Tensor]:
     start = time.perf_counter()
     with torch.no_grad():
         if shared:  # the prompt once, then its keys, values and LSTM state copied out to every row
-            cache = inference._reserving_cache(model.config, PROMPT_TOKENS + STEPS)
+            cache = reserving_cache(model.config, PROMPT_TOKENS + STEPS)
             logits = model(input_ids[:1], past_key_values=cache, logits_to_keep=1).logits[:, -1]
             fan_out = torch.zeros(input_ids.shape[0], dtype=torch.long)
             logits = logits[fan_out]
             cache.reorder_cache(fan_out)
         else:
-            cache = inference._reserving_cache(model.config, PROMPT_TOKENS + STEPS)
+            cache = reserving_cache(model.config, PROMPT_TOKENS + STEPS)
             logits = model(input_ids, past_key_values=cache, logits_to_keep=1).logits[:, -1]
     return (time.perf_counter() - start) * 1000, logits
 
@@ -93,11 +92,11 @@ def burst(models, prompt: list[int], shared: bool) -> tuple[float, list[list[int
     batcher = models.batcher
     batcher.shared_prefix_min_tokens = 1 if shared else 0
     rows = [
-        inference._Row(prompt, inference.check_generation_settings(models, max_new_tokens=STEPS, seed=seed))
+        Row(prompt, check_generation_settings(models, max_new_tokens=STEPS, seed=seed))
         for seed in range(ROWS)
     ]
     start = time.perf_counter()
-    batcher.generate(inference._Batch(rows))
+    batcher.generate(Batch(rows))
     return (time.perf_counter() - start) * 1000, [row.tokens for row in rows]
 
 
@@ -124,7 +123,7 @@ def main():
             "--shared_prompts", default="", help="comma-separated prompt lengths for more bursts"
         ),
     )
-    models = inference.load_models(args.model)
+    models = load_models(args.model, settings=ServeSettings.from_env())
     model, tokenizer = models.lm, models.lm_tokenizer
     if not models.batcher.shared_prefix_min_tokens:
         raise SystemExit(
@@ -137,7 +136,7 @@ def main():
 
     caches = {
         "DynamicCache": lambda: DynamicCache(config=model.config),
-        "reserved": lambda: inference._reserving_cache(model.config, PROMPT_TOKENS + STEPS + 1),
+        "reserved": lambda: reserving_cache(model.config, PROMPT_TOKENS + STEPS + 1),
     }
     step_ms = {name: [] for name in caches}
     pass_ms = {False: [], True: []}

@@ -2,7 +2,7 @@
 
 Each checkpoint continues 20 fixed review openings (the first 8 words of the first 20 IMDB reviews of
 the test split, never trained on) by 64 tokens, through the demo's own decoding path
-(``inference.generate``), greedy and sampled (seeds 0-2), under four settings: nothing, the
+(``llm_memory.tasks.generate``), greedy and sampled (seeds 0-2), under four settings: nothing, the
 repetition penalty alone, the no-repeat rule alone, and both (the defaults). Reported per setting:
 
 - ``repeats``: the share of continuations that repeat a 4-gram of words within themselves;
@@ -10,7 +10,7 @@ repetition penalty alone, the no-repeat rule alone, and both (the defaults). Rep
   more varied);
 - ``words``: the mean length of a continuation in words.
 
-    python bench/generation_defaults.py --models old=OLD_FOLDER new=checkpoints/memory-lm --json bench/results/generation_defaults.json
+    python -m bench.generation_defaults --models old=OLD_FOLDER new=checkpoints/memory-lm --json bench/results/generation_defaults.json
 """
 
 import argparse
@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
-from llm_memory import inference
-from llm_memory.data import load_movie_reviews
+from llm_memory.serving.models import load_models
+from llm_memory.serving.settings import ServeSettings
+from llm_memory.tasks.generate import generate
+from llm_memory.training.reviews import load_movie_reviews
 
 NUM_PROMPTS = 20
 PROMPT_WORDS = 8
@@ -51,7 +53,7 @@ def measure(models, prompts, strategy: str, settings: dict) -> dict:
     texts = []
     for prompt in prompts:
         for seed in SEEDS if strategy == "sample" else (0,):
-            update = inference.generate(
+            update = generate(
                 models, prompt, strategy=strategy, max_new_tokens=NEW_TOKENS, seed=seed, **settings
             )
             texts.append(update.text)
@@ -79,7 +81,7 @@ def main(argv=None):
     print("| model | strategy | setting | 4-gram repeats | distinct-2 | words |\n|---|---|---|---|---|---|")
     for entry in args.models:
         name, _, folder = entry.partition("=")
-        models = inference.load_models(folder, classifier_path=None)
+        models = load_models(folder, classifier_path=None, settings=ServeSettings.from_env())
         for strategy in ("greedy", "sample"):
             for setting, values in SETTINGS.items():
                 row = measure(models, prompts, strategy, values)

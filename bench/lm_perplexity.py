@@ -6,7 +6,7 @@ held-out general-English documents of the pretraining mix (``test_english``: Wik
 news stories), tokenized with each model's own tokenizer, joined and cut into blocks of the model's
 window, as in training. Perplexity is exp of the mean token loss over all blocks.
 
-    python bench/lm_perplexity.py --models old=OLD_FOLDER new=checkpoints/memory-lm --json bench/results/lm_perplexity.json
+    python -m bench.lm_perplexity --models old=OLD_FOLDER new=checkpoints/memory-lm --json bench/results/lm_perplexity.json
 """
 
 import argparse
@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llm_memory.data import prepare_lm_dataset
-from llm_memory.data_mix import load_lm_mix
+from llm_memory.training.data import prepare_lm_dataset
+from llm_memory.training.data_mix import load_lm_mix
 
 
 @torch.no_grad()

@@ -1,11 +1,11 @@
 """Small measured sweeps of the language model's recipe: learning rate, batch size and shape.
 
-Each recipe is one short run of the training command (``python -m llm_memory.train``) from the same
+Each recipe is one short run of the training command (``python -m llm_memory.training``) from the same
 preset, with the same token budget and seed; the table is the validation perplexity each reaches. A
 short budget favours high learning rates, so the long run takes the winner's rate only where its lead
 holds across budgets (docs/training.md records what was chosen and why).
 
-    python bench/lm_sweep.py --tokens 1600000 --json bench/results/lm_sweep.json
+    python -m bench.lm_sweep --tokens 1600000 --json bench/results/lm_sweep.json
 """
 
 import argparse
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# name -> flags over configs/lm.json. Shapes stay within the 25 MB checkpoint limit in fp32.
+# name -> flags over the lm preset. Shapes stay within the 25 MB checkpoint limit in fp32.
 RECIPES = {
     "lr 5e-4": ["--learning_rate", "5e-4"],
     "lr 1e-3": ["--learning_rate", "1e-3"],
@@ -34,7 +34,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="configs/lm.json")
+    parser.add_argument("--preset", default="lm")
     parser.add_argument("--tokens", type=int, default=1_600_000, help="Training tokens per recipe.")
     parser.add_argument(
         "--recipes", default=";".join(RECIPES), help="Names from RECIPES, separated by semicolons."
@@ -58,7 +58,7 @@ def main(argv=None):
         steps = args.tokens // (batch * 256)
         with tempfile.TemporaryDirectory() as out:
             command = [
-                sys.executable, "-m", "llm_memory.train", "--preset", args.preset, "--output_dir", out,
+                sys.executable, "-m", "llm_memory.training", "--preset", args.preset, "--output_dir", out,
                 "--max_steps", str(steps), "--warmup_steps", str(max(steps // 20, 1)), "--eval_strategy", "no",
                 "--save_strategy", "no", "--logging_steps", str(max(steps // 10, 1)), "--disable_tqdm", "true",
                 "--dataset_name", args.dataset_name, *flags,

@@ -10,7 +10,7 @@ Each classifier reads the 2,500 IMDB test reviews of the built-in corpus two way
 The two readings see the same last window; whatever the second gains comes through the carried state.
 Accuracy is also given on the reviews longer than one window, where the readings differ.
 
-    python bench/memory_classifier.py --models v2=checkpoints/sentiment --json bench/results/memory_classifier.json
+    python -m bench.memory_classifier --models v2=checkpoints/sentiment --json bench/results/memory_classifier.json
 """
 
 import argparse
@@ -22,8 +22,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import llm_memory  # noqa: F401  (registers the model with the Auto classes)
-from llm_memory.calibration import predict_logits
-from llm_memory.data import load_movie_reviews
+from llm_memory.training.calibration import predict_logits
+from llm_memory.training.reviews import load_movie_reviews
 
 
 def read(model, tokenizer, texts: list[str], windows: int, batch_size: int) -> np.ndarray:

@@ -6,7 +6,7 @@ resident memory after the model was built and warmed up on one window. The basel
 model scoring a document of 2x the window. A rotary-position model scored in ONE forward pass
 (no windows; its memory grows with the document) is shown beside it for contrast.
 
-    python bench/memory_scaling.py [--multiples 1,2,4,16] [--json bench/results/memory_scaling.json]
+    python -m bench.memory_scaling [--multiples 1,2,4,16] [--json bench/results/memory_scaling.json]
 """
 
 import argparse
@@ -19,7 +19,7 @@ import time
 import torch
 
 from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
-from llm_memory.memory import score_document
+from llm_memory.memory.recurrence import score_document
 
 SIZES = dict(
     vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024
@@ -54,7 +54,8 @@ def measure(multiple: int, window: int, mode: str) -> dict:
 
 
 def run_child(multiple: int, window: int, mode: str) -> dict:
-    code = f"import json, sys; sys.path.insert(0, 'bench'); import memory_scaling as m; print(json.dumps(m.measure({multiple}, {window}, {mode!r})))"
+    # A fresh process per measure, so that each peak is its own; run from the root, as this module is.
+    code = f"import json; from bench import memory_scaling as m; print(json.dumps(m.measure({multiple}, {window}, {mode!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

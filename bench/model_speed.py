@@ -18,10 +18,10 @@ they wait (``OMP_WAIT_POLICY=PASSIVE`` unless already set): on busy cores a spin
 a partner that is not running, which slowed some models many times over (the LSTM's step-by-step
 recurrence most of all) and made the figures meaningless.
 
-    python bench/model_speed.py                  # the project's default size: ~1.5 min on 2 cores
-    python bench/model_speed.py --threads 1      # steady CPU-time figures on a busy host
-    python bench/model_speed.py --quick          # tiny smoke run, ~10 s
-    python bench/model_speed.py --hidden-size 512 --json bench/results/h512.json
+    python -m bench.model_speed                  # the project's default size: ~1.5 min on 2 cores
+    python -m bench.model_speed --threads 1      # steady CPU-time figures on a busy host
+    python -m bench.model_speed --quick          # tiny smoke run, ~10 s
+    python -m bench.model_speed --hidden-size 512 --json bench/results/h512.json
 """
 
 import os
@@ -33,7 +33,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +43,6 @@ from torch.profiler import DeviceType, ProfilerActivity, profile
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 from transformers import __version__ as transformers_version
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
 
 # Token ids shared by all three models, as in our config; random prompts avoid them.

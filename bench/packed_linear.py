@@ -1,4 +1,4 @@
-"""oneDNN-packed linear layers (``llm_memory.packed_linear``) against PyTorch's ``nn.Linear``, side by side.
+"""oneDNN-packed linear layers (``llm_memory.serving.packed_linear``) against PyTorch's ``nn.Linear``, side by side.
 
 The default checkpoint is loaded twice in one process: as ``from_pretrained`` gives it (``nn.Linear``:
 MKL's sgemm) and as the app serves it (``pack_linears``). The two take turns in every round, the order
@@ -6,40 +6,42 @@ alternating, on one torch thread as the app runs; figures are medians over round
 the median of the per-round ratios.
 
 - one request: mean seconds of the Generate tab's request ("The movie was", 128 new tokens) over
-  seeds 0-15, sent one at a time through ``inference.generate``;
+  seeds 0-15, sent one at a time through ``llm_memory.tasks.generate``;
 - 16 at once: the same 16 requests sent together (decoded as one batch);
 - prompt pass: one forward pass over 16 prompts of 200 tokens;
-- attention view: ``inference.attention`` on 256 tokens;
+- attention view: ``llm_memory.tasks.attention`` on 256 tokens and the demo's two figures of it;
 - decoding step: one token for 1 row and for 16 rows, the cache holding 80 to 128 tokens.
 
 Parity: the 16 sampled texts of both are compared token for token, and the largest logit difference
 on a 256-token text is reported.
 
-    python bench/packed_linear.py [--model PATH] [--rounds 5] [--json bench/results/packed_linear.json]
+    python -m bench.packed_linear [--model PATH] [--rounds 5] [--json bench/results/packed_linear.json]
 """
 
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench/model_speed.py
 
-import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from llm_memory import inference  # noqa: E402
-from llm_memory.data import load_movie_reviews  # noqa: E402
-from llm_memory.packed_linear import PackedLinear  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "bench"))
-from app_speed import SHORT_PROMPT, all_at_once_in_process, one_at_a_time_in_process  # noqa: E402
+from bench._common import (
+    SHORT_PROMPT,
+    all_at_once_in_process,
+    one_at_a_time_in_process,
+    side_by_side_arguments,
+)
+from llm_memory.demo.figures import attention_figures
+from llm_memory.serving.models import Models, load_models
+from llm_memory.serving.packed_linear import PackedLinear
+from llm_memory.serving.settings import ServeSettings
+from llm_memory.tasks.attention import attention
+from llm_memory.training.reviews import load_movie_reviews
 
 NEW_TOKENS = 128  # per request
 
@@ -50,25 +52,12 @@ def timed(work) -> float:
     return time.perf_counter() - start
 
 
-def side_by_side_arguments(doc: str, add_arguments=None) -> argparse.Namespace:
-    """The options of a side-by-side bench on one checkpoint (--model, --rounds, --json, and those
-    ``add_arguments(parser)`` adds), with torch on one thread as the app runs."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--model", default=str(ROOT / "checkpoints/memory-lm"))
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--json", help="Also write the results to this file.")
-    if add_arguments is not None:
-        add_arguments(parser)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    return args
-
-
 def main():
     args = side_by_side_arguments(__doc__)
-    packed = inference.load_models(args.model)
+    settings = ServeSettings.from_env()
+    packed = load_models(args.model, settings=settings)
     plain_lm = AutoModelForCausalLM.from_pretrained(args.model).eval().requires_grad_(False)
-    plain = inference.Models(plain_lm, packed.lm_tokenizer)
+    plain = Models(plain_lm, packed.lm_tokenizer, settings=settings)
     contenders = {"nn.Linear": plain, "packed": packed}
     assert not packed_count(plain_lm) and packed_count(packed.lm), "one copy plain, one packed"
 
@@ -98,7 +87,8 @@ def main():
         "one_request_s": lambda models: one_at_a_time_in_process(models, SHORT_PROMPT, NEW_TOKENS)[0],
         "sixteen_at_once_s": lambda models: all_at_once_in_process(models, SHORT_PROMPT, NEW_TOKENS)[0],
         "prompt_pass_16x200_s": lambda models: timed(lambda: prompt_pass(models)),
-        "attention_256_s": lambda models: timed(lambda: inference.attention(models, window_text)),
+        # The task and the demo's figures of it: what the attention view did before it was split.
+        "attention_256_s": lambda models: timed(lambda: attention_figures(attention(models, window_text))),
         "decode_step_1_row_s": lambda models: decode_step(models, 1),
         "decode_step_16_rows_s": lambda models: decode_step(models, 16),
     }

@@ -8,7 +8,7 @@ With ``--seeds 0,1,2`` the three are trained once per seed (initialization and d
 target is judged on the ratio of the mean perplexities: at this budget one seed's perplexity moves by
 up to 18% from another's, more than the models differ.
 
-    python bench/perplexity_vs_gpt2.py --steps 150 --threads 1 --seeds 0,1,2 --json bench/results/perplexity_vs_gpt2.json
+    python -m bench.perplexity_vs_gpt2 --steps 150 --threads 1 --seeds 0,1,2 --json bench/results/perplexity_vs_gpt2.json
 """
 
 import argparse
@@ -21,7 +21,8 @@ import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments, set_seed
 
 from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
-from llm_memory.data import load_movie_reviews, prepare_lm_dataset
+from llm_memory.training.data import prepare_lm_dataset
+from llm_memory.training.reviews import load_movie_reviews
 
 MODELS = ("gpt2", "ours (LSTM off)", "ours (LSTM on)")
 

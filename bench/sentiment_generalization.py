@@ -13,7 +13,7 @@ review ends and critic sentences) are scored in one run on texts no model was tr
 Reported per set: accuracy, and the expected calibration error (ECE, 15 bins) of the probabilities
 that the model reports (for ours, as ``pipeline()`` gives them, the saved temperature applied).
 
-    python bench/sentiment_generalization.py --models old=OLD_FOLDER new=checkpoints/sentiment --json bench/results/sentiment_generalization.json
+    python -m bench.sentiment_generalization --models old=OLD_FOLDER new=checkpoints/sentiment --json bench/results/sentiment_generalization.json
 """
 
 import argparse
@@ -28,9 +28,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from llm_memory import calibration
-from llm_memory.data import load_movie_reviews
-from llm_memory.data_mix import load_sentiment_mix, review_end
+from llm_memory.training import calibration
+from llm_memory.training.data_mix import load_sentiment_mix, review_end
+from llm_memory.training.reviews import load_movie_reviews
 
 CONTRAST_FILE = Path(__file__).parent / "data" / "contrast_sentences.tsv"
 LABELS = ("negative", "positive")

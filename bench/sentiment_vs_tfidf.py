@@ -2,9 +2,9 @@
 
 Both are trained on the same training split of the built-in review corpus (seed 0) and tested on the
 same 2,500 IMDB test reviews, in one run. Ours is read from a checkpoint folder (trained by
-``python -m llm_memory.train --task classification``); the baseline is fitted here with scikit-learn.
+``python -m llm_memory.training --task classification``); the baseline is fitted here with scikit-learn.
 
-    python bench/sentiment_vs_tfidf.py --model checkpoints/sentiment --json bench/results/sentiment_vs_tfidf.json
+    python -m bench.sentiment_vs_tfidf --model checkpoints/sentiment --json bench/results/sentiment_vs_tfidf.json
 """
 
 import argparse
@@ -19,8 +19,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import llm_memory  # noqa: F401  (registers the model with the Auto classes)
-from llm_memory.data import load_movie_reviews
-from llm_memory.memory import windowed_forward
+from llm_memory.memory.recurrence import windowed_forward
+from llm_memory.training.reviews import load_movie_reviews
 
 
 def tfidf_baseline(train, test) -> np.ndarray:

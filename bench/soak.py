@@ -1,7 +1,7 @@
 """Soak and fault test of the demo: many concurrent mixed clients for minutes, a kill and a freeze of the
 decoding process on the way.
 
-    python bench/soak.py [--clients 32] [--minutes 10] [--json bench/results/soak.json]
+    python -m bench.soak [--clients 32] [--minutes 10] [--json bench/results/soak.json]
 
 The app runs as ``python app.py`` in its own process. Each client is one user (its own session) that
 sends, one after another, a random request of the five tabs' kinds through the REST API: a sampled
@@ -23,7 +23,6 @@ import json
 import random
 import signal
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -31,11 +30,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_speed import ROOT, free_port, rest_call, start_app  # noqa: E402
-
-sys.path.insert(0, str(ROOT))
-from llm_memory.data import load_movie_reviews  # noqa: E402
+from bench._common import ROOT, free_port, rest_call, start_app
+from llm_memory.training.reviews import load_movie_reviews
 
 STALL_TIMEOUT_S = 10
 ENDPOINTS = ("generate", "classify", "summarize", "attention", "memory")
@@ -86,7 +82,7 @@ async def client(index: int, url: str, parameters, texts, deadline: float, log: 
 
 
 def decoder_of(server: psutil.Process) -> psutil.Process | None:
-    children = [c for c in server.children() if "llm_memory.decoder_process" in " ".join(c.cmdline())]
+    children = [c for c in server.children() if "llm_memory.serving.decoder_process" in " ".join(c.cmdline())]
     return children[0] if children else None
 
 

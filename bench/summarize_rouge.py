@@ -1,13 +1,13 @@
 """ROUGE of the extractive summarizer against lead and random baselines, on standard-library docstrings.
 
-    python bench/summarize_rouge.py [--model PATH] [--summarizer PATH] [--num_sentences 1] [--max_pairs N] [--json PATH]
+    python -m bench.summarize_rouge [--model PATH] [--summarizer PATH] [--num_sentences 1] [--max_pairs N] [--json PATH]
 
 Why these pairs: a docstring's first paragraph is a summary written by a person for the rest of it, the
 pairs are real text rather than synthetic, and they ship with every Python, so the benchmark runs
-offline and anyone can rerun it on the same data (``llm_memory.docstrings.load_docstring_pairs``).
+offline and anyone can rerun it on the same data (``llm_memory.training.docstrings.load_docstring_pairs``).
 
 Each document is summarized by k sentences picked by each of the Summarize tab's methods
-(``inference.SUMMARY_METHODS``): ``summarizer``, the sentences the summarization-tuned checkpoint finds
+(``llm_memory.tasks.summarize.SUMMARY_METHODS``): ``summarizer``, the sentences the summarization-tuned checkpoint finds
 likeliest as the summary; ``lead``, the first sentences (lead-k, the usual strong baseline: docstrings
 often open with their point); ``centroid`` and ``attention``, those the language model ranks highest
 (mean contextual embedding closest to the document's; most attention received); and by k random
@@ -22,20 +22,21 @@ the ones to choose settings on, so that the standard-library figures stay held o
 
 import argparse
 import json
-import os
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from rouge_score import rouge_scorer
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from llm_memory import inference  # noqa: E402
-from llm_memory.docstrings import load_docstring_pairs, load_package_docstrings  # noqa: E402
+from bench._common import ROOT
+from llm_memory.serving.models import load_models
+from llm_memory.serving.settings import ServeSettings
+from llm_memory.tasks.checks import InputError, clean_text
+from llm_memory.tasks.summarize import SUMMARY_METHODS, summarize
+from llm_memory.training.data import split_sentences
+from llm_memory.training.docstrings import load_docstring_pairs, load_package_docstrings
 
 METRICS = ("rouge1", "rouge2", "rougeL")
 
@@ -46,14 +47,9 @@ def pick(document: str, spans: list[tuple[int, int]], indices: list[int]) -> str
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model", default=os.environ.get("LLM_MEMORY_MODEL", str(ROOT / "checkpoints/memory-lm"))
-    )
-    embedded = ROOT / "checkpoints/summarizer"
-    parser.add_argument(
-        "--summarizer",
-        default=os.environ.get("LLM_MEMORY_SUMMARIZER") or (str(embedded) if embedded.is_dir() else None),
-    )
+    embedded = ServeSettings.from_env(checkpoints_dir=ROOT / "checkpoints")  # LLM_MEMORY_MODEL, ... win
+    parser.add_argument("--model", default=embedded.model)
+    parser.add_argument("--summarizer", default=embedded.summarizer)
     parser.add_argument(
         "--num_sentences", type=int, default=1, help="k: the references are mostly one sentence."
     )
@@ -75,7 +71,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    models = inference.load_models(args.model, summarizer_path=args.summarizer)
+    models = load_models(args.model, summarizer_path=args.summarizer, settings=ServeSettings.from_env())
     if args.split == "test":
         pairs = load_docstring_pairs(max_pairs=args.max_pairs)
     else:
@@ -83,22 +79,22 @@ def main():
         pairs = pairs.select(range(min(args.max_pairs or len(pairs), len(pairs))))
     scorer = rouge_scorer.RougeScorer(list(METRICS), use_stemmer=True)
     rng = random.Random(args.seed)
-    methods = [m for m in inference.SUMMARY_METHODS if m != "summarizer" or models.summarizer is not None]
+    methods = [m for m in SUMMARY_METHODS if m != "summarizer" or models.summarizer is not None]
     systems = ["random", *methods] + (["abstractive"] if models.summarizer is not None else [])
     scores = {system: {metric: [] for metric in METRICS} for system in systems}
     skipped = 0
     start = time.perf_counter()
     for document, reference in zip(pairs["document"], pairs["summary"], strict=True):
         try:
-            document = inference.clean_text(document)
-        except inference.InputError:
+            document = clean_text(document, max_chars=models.settings.max_input_chars)
+        except InputError:
             skipped += 1  # over the demo's length limit
             continue
-        spans = inference.split_sentences(document)
+        spans = split_sentences(document)
         k = min(args.num_sentences, len(spans))
         summaries = {"random": pick(document, spans, rng.sample(range(len(spans)), k))}
         for method in methods:
-            result = inference.summarize(models, document, k, method, abstractive=method == methods[0])
+            result = summarize(models, document, k, method, abstractive=method == methods[0])
             summaries[method] = result.extract
             if result.abstract is not None:
                 summaries["abstractive"] = result.abstract

@@ -11,8 +11,8 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
-from .configuration_memory_transformer import MemoryTransformerConfig
-from .modeling_memory_transformer import (
+from .modeling.configuration_memory_transformer import MemoryTransformerConfig
+from .modeling.modeling_memory_transformer import (
     MemoryTransformerForCausalLM,
     MemoryTransformerForSequenceClassification,
     MemoryTransformerModel,

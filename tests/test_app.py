@@ -6,7 +6,6 @@ import gc
 import importlib.util
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -18,10 +17,17 @@ import gradio
 import gradio as gr
 import pytest
 from gradio_client import Client
-from test_inference import one_torch_thread, save_tiny_checkpoints  # noqa: F401  (an autouse fixture)
 
-from llm_memory import inference, space
-from llm_memory.decoder_process import DecoderProcess
+from llm_memory.demo import app as demo_app
+from llm_memory.demo.handlers import user_errors
+from llm_memory.hub import space
+from llm_memory.serving.decoder_process import DecoderProcess
+from llm_memory.serving.models import load_models
+from llm_memory.serving.settings import ServeSettings
+from llm_memory.tasks.checks import InputError
+
+# Every test serves the app, or starts it in another process: slow.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,12 +39,6 @@ def load_app_module():
     sys.modules[spec.name] = module  # Gradio looks up where each component class is defined
     spec.loader.exec_module(module)
     return module
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = None) -> float:
@@ -57,15 +57,14 @@ def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = N
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tokenizer, tmp_path_factory):
-    return save_tiny_checkpoints(tmp_path_factory.mktemp("app-checkpoints"), tokenizer)
+def checkpoints(tiny_checkpoints):
+    return tiny_checkpoints
 
 
 @pytest.fixture(scope="module")
-def server(checkpoints):
-    app = load_app_module()
-    models = inference.load_models(checkpoints["model"], checkpoints["classifier"])
-    demo = app.build_demo(models)
+def server(checkpoints, free_port):
+    models = load_models(checkpoints["model"], checkpoints["classifier"])
+    demo = demo_app.build_demo(models, ROOT / "checkpoints" / "memory-passkey")
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     yield f"http://127.0.0.1:{port}/", models
@@ -88,13 +87,12 @@ def test_the_page_and_its_config_name_the_models_without_server_paths(server, ch
 
 
 def test_any_failure_reaches_the_user_as_a_message():
-    app = load_app_module()
-    with pytest.raises(gr.Error) as error, app.user_errors():
+    with pytest.raises(gr.Error) as error, user_errors():
         raise RuntimeError("The decoding process stopped (exit code -9); the next request starts a new one.")
     assert "The decoding process stopped (exit code -9)" in error.value.message
     assert error.value.title == "The request failed"
-    with pytest.raises(gr.Error) as error, app.user_errors():
-        raise inference.InputError("top_k must be an integer from 0 to 200, got -5.")
+    with pytest.raises(gr.Error) as error, user_errors():
+        raise InputError("top_k must be an integer from 0 to 200, got -5.")
     assert error.value.title == "Invalid input"
 
 
@@ -102,12 +100,12 @@ def test_the_app_bounds_its_queue_and_uploads_and_shows_errors(server, monkeypat
     app = load_app_module()
     _, models = server
     launched = {}
-    monkeypatch.setattr(app.inference, "load_models", lambda *args, **kwargs: models)
-    monkeypatch.setattr(app.gr.Blocks, "launch", lambda demo, **kwargs: launched.update(demo=demo, **kwargs))
+    monkeypatch.setattr(demo_app, "load_models", lambda *args, **kwargs: models)
+    monkeypatch.setattr(gr.Blocks, "launch", lambda demo, **kwargs: launched.update(demo=demo, **kwargs))
     app.main(["--port", "7999"])
-    assert launched["demo"]._queue.max_size == app.QUEUE_SIZE == 64
+    assert launched["demo"]._queue.max_size == ServeSettings().queue_size == 64
     assert launched["max_file_size"] == "1mb" and launched["show_error"] is True
-    assert launched["state_session_capacity"] == app.SESSION_CAPACITY == 500
+    assert launched["state_session_capacity"] == demo_app.SESSION_CAPACITY == 500
 
 
 def test_each_endpoint_takes_text_first_and_defaults_for_the_rest(client):
@@ -281,7 +279,6 @@ def test_missing_model_folder_stops_the_app_with_a_clear_error(checkpoints, tmp_
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode != 0
     assert f"The model folder {str(missing)!r} does not exist" in result.stderr
@@ -295,7 +292,6 @@ def test_main_decodes_in_a_child_and_freezes_what_it_loaded_before_serving(check
     # torch, transformers and Gradio loaded, ~0.5 M of them. What main() loaded must be out of its reach.
     app = load_app_module()
     launched, loaded = {}, []
-    load_models = inference.load_models
 
     def recording_load_models(*args, **kwargs):
         loaded.append(load_models(*args, **kwargs))
@@ -305,7 +301,7 @@ def test_main_decodes_in_a_child_and_freezes_what_it_loaded_before_serving(check
         launched["frozen"] = gc.get_freeze_count()
         launched["collectable"] = len(gc.get_objects())  # what a collection still walks
 
-    monkeypatch.setattr(inference, "load_models", recording_load_models)
+    monkeypatch.setattr(demo_app, "load_models", recording_load_models)
     monkeypatch.setattr(gradio.Blocks, "launch", launch)
     gc.unfreeze()
     try:
@@ -326,9 +322,9 @@ def test_space_folder_matches_the_installed_gradio_and_the_pins():
     for field in ("sdk: gradio", "app_file: app.py", "python_version:", "models:"):
         assert field in front_matter
     # Every tab and endpoint of the app is listed, and the local start names the pinned Gradio.
-    app_source = (ROOT / "app.py").read_text(encoding="utf-8") + (
-        ROOT / "llm_memory" / "memory_tab.py"
-    ).read_text(encoding="utf-8")
+    app_source = "".join(
+        path.read_text(encoding="utf-8") for path in sorted((ROOT / "llm_memory" / "demo").glob("*.py"))
+    )
     for tab in re.findall(r'gr\.Tab\("([^"]+)"', app_source):
         assert f"**{tab}**" in readme, tab
     for endpoint in re.findall(r'api_name="([a-z]+)"', app_source):
@@ -343,8 +339,9 @@ def test_space_folder_matches_the_installed_gradio_and_the_pins():
             assert pins[name] == version, f"{name} is pinned differently in spaces/requirements.txt"
 
 
-def test_built_space_starts_from_its_own_folder(checkpoints, tmp_path):
+def test_built_space_starts_from_its_own_folder(checkpoints, tmp_path, free_port):
     out = tmp_path / "space"
+    template = ["--template", str(ROOT / "spaces")]
     space.main(
         [
             "--repo_id",
@@ -356,14 +353,16 @@ def test_built_space_starts_from_its_own_folder(checkpoints, tmp_path):
             checkpoints["model"],
             "--classifier",
             checkpoints["classifier"],
+            *template,
         ]
     )
-    for name in ("README.md", "requirements.txt", "app.py", "demo.py", "llm_memory/inference.py"):
+    for name in ("README.md", "requirements.txt", "app.py", "llm_memory/demo/app.py"):
         assert (out / name).is_file(), name
+    assert (out / "llm_memory" / "training" / "presets" / "tiny.json").is_file()
     for folder in ("checkpoints/memory-lm", "checkpoints/sentiment"):
         assert (out / folder / "config.json").is_file() and (out / folder / "tokenizer.json").is_file()
     with pytest.raises(SystemExit):  # a second build must not silently replace the first
-        space.main(["--repo_id", "someone/llm-memory", "--dry-run", "--out", str(out)])
+        space.main(["--repo_id", "someone/llm-memory", "--dry-run", "--out", str(out), *template])
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_MEMORY_") and k != "PYTHONPATH"}
@@ -411,7 +410,9 @@ def test_space_upload_creates_a_gradio_space_and_links_hub_models(checkpoints, t
             calls.append(("variable", repo_id, key, value))
 
     monkeypatch.setattr("huggingface_hub.HfApi", RecordingApi)
-    build = space.build_space(tmp_path / "space", "someone/memory-lm", checkpoints["classifier"])
+    build = space.build_space(
+        tmp_path / "space", "someone/memory-lm", checkpoints["classifier"], template_dir=ROOT / "spaces"
+    )
     assert not (tmp_path / "space" / "checkpoints" / "memory-lm").exists()
     assert (tmp_path / "space" / "checkpoints" / "sentiment" / "config.json").is_file()
     assert "models:\n  - someone/memory-lm\n" in (tmp_path / "space" / "README.md").read_text()

@@ -1,8 +1,10 @@
 """The demo in a real browser: headless Chromium driven by Playwright opens each tab, runs an example,
 waits for the result and saves a screenshot.
 
-The browser is the system's Chromium (``/usr/bin/chromium``, or ``LLM_MEMORY_CHROMIUM``); Playwright never
-downloads one. Without it the tests fail rather than skip, so that a CI without a browser is noticed.
+The browser is an installed Chromium: ``LLM_MEMORY_CHROMIUM`` when set, else the first of ``chromium``,
+``chromium-browser``, ``google-chrome`` and ``google-chrome-stable`` on the ``PATH`` or in ``/usr/bin``;
+Playwright never downloads one. Without it the tests fail with a message that says how to install one,
+rather than skip, so that a CI without a browser is noticed (``.ci/run`` installs Debian's).
 Screenshots go to a temporary folder, and also to ``LLM_MEMORY_SCREENSHOTS`` when that is set. Every
 page also checks that the browser asked nothing of any host but the app: plotly.js and the fonts ship
 with Gradio, and the demo must work offline.
@@ -15,12 +17,22 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
-from test_app import free_port, load_app_module
-from test_inference import one_torch_thread, save_tiny_checkpoints  # noqa: F401  (an autouse fixture)
 
-from llm_memory import inference
+from llm_memory.demo.app import build_demo
+from llm_memory.demo.tabs import SUMMARIZE_EXAMPLES
+from llm_memory.serving.models import load_models
 
-CHROMIUM = os.environ.get("LLM_MEMORY_CHROMIUM", "/usr/bin/chromium")
+# A real browser and a served app: slow.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+INSTALL_CHROMIUM = (
+    "Install Chromium and run the tests again: on Debian or Ubuntu `sudo apt-get install chromium "
+    "fonts-noto-cjk fonts-noto-color-emoji` (the fonts draw Chinese and emoji in the screenshots); on macOS "
+    "`brew install --cask chromium`; elsewhere any Chromium or Chrome build. If it is not on the PATH, set "
+    "LLM_MEMORY_CHROMIUM to its executable. This test never downloads a browser."
+)
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -33,19 +45,25 @@ CHROMIUM_ARGS = [
 RESULT_TIMEOUT_MS = 60_000
 
 
-@pytest.fixture(scope="module")
-def app():
-    return load_app_module()
+def find_chromium() -> str | None:
+    """The Chromium to drive: LLM_MEMORY_CHROMIUM, else the first known name on the PATH or in /usr/bin."""
+    if os.environ.get("LLM_MEMORY_CHROMIUM"):
+        return os.environ["LLM_MEMORY_CHROMIUM"]
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name) or shutil.which(name, path="/usr/bin")
+        if found:
+            return found
+    return None
 
 
 @pytest.fixture(scope="module")
-def app_url(app, tokenizer, tmp_path_factory):
-    checkpoints = save_tiny_checkpoints(tmp_path_factory.mktemp("browser-checkpoints"), tokenizer)
+def app_url(tiny_checkpoints, free_port):
+    checkpoints = tiny_checkpoints
     # As app.py serves: generation decoded in a child process.
-    models = inference.load_models(
+    models = load_models(
         checkpoints["model"], checkpoints["classifier"], checkpoints["summarizer"], decoder_process=True
     )
-    demo = app.build_demo(models)
+    demo = build_demo(models, ROOT / "checkpoints" / "memory-passkey")
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     yield f"http://127.0.0.1:{port}/"
@@ -55,13 +73,13 @@ def app_url(app, tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        pytest.fail(
-            f"No Chromium at {CHROMIUM}. Install it (apt-get install chromium) or set LLM_MEMORY_CHROMIUM to "
-            "its path; this test never downloads a browser."
-        )
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.fail(f"No Chromium found (looked for {', '.join(CHROMIUM_NAMES)}). {INSTALL_CHROMIUM}")
+    if not (os.path.isfile(chromium) and os.access(chromium, os.X_OK)):
+        pytest.fail(f"LLM_MEMORY_CHROMIUM={chromium!r} is not an executable file. {INSTALL_CHROMIUM}")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
         yield browser
         browser.close()
 
@@ -121,8 +139,8 @@ def test_classify_tab_shows_labels_and_attributions(page, app_url, screenshot_di
     finish(page, app_url, screenshot_dirs, "classify")
 
 
-def test_summarize_tab_marks_the_picked_sentences(page, app, app_url, screenshot_dirs):
-    open_tab_and_run_example(page, "Summarize", app.SUMMARIZE_EXAMPLES[1], "Summarize")
+def test_summarize_tab_marks_the_picked_sentences(page, app_url, screenshot_dirs):
+    open_tab_and_run_example(page, "Summarize", SUMMARIZE_EXAMPLES[1], "Summarize")
     expect(page.locator("#summarize-summary textarea")).not_to_have_value("", timeout=RESULT_TIMEOUT_MS)
     expect(page.locator("#summarize-marked")).to_contain_text("summary")
     finish(page, app_url, screenshot_dirs, "summarize")

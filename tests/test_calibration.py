@@ -5,7 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, pipeline
 
-from llm_memory import MemoryTransformerConfig, MemoryTransformerForSequenceClassification, calibration
+from llm_memory import MemoryTransformerConfig, MemoryTransformerForSequenceClassification
+from llm_memory.training import calibration
 
 
 def over_confident(n=4000, temperature=3.0, seed=0):

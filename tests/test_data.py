@@ -9,22 +9,22 @@ import huggingface_hub
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict
 
-import llm_memory.data
-from llm_memory.data import (
+from llm_memory.training import data
+from llm_memory.training.data import (
     IGNORE_INDEX,
     DataError,
     check_columns,
     encode_classification,
     encode_summarization,
     group_texts,
-    load_movie_reviews,
-    load_text_dataset,
     prepare_classification_dataset,
     prepare_lm_dataset,
     prepare_summarization_dataset,
     tokenize_texts,
 )
-from llm_memory.docstrings import load_docstring_pairs
+from llm_memory.training.docstrings import load_docstring_pairs
+from llm_memory.training.reviews import load_movie_reviews
+from llm_memory.training.sources import load_text_dataset
 
 NUM_MOVIE_REVIEWS = 33_530
 
@@ -428,13 +428,13 @@ def assert_summary_example(tokenizer, input_ids, labels, document, summary, max_
 
 def test_summary_prompt_is_the_document_cut_to_its_room_then_sep(tokenizer):
     sep = tokenizer.sep_token_id
-    assert llm_memory.data.summary_prompt(tokenizer, [7, 8, 9], 2) == [7, 8, sep]
-    assert llm_memory.data.summary_prompt(tokenizer, [7, 8, 9], 5) == [7, 8, 9, sep]
-    assert llm_memory.data.summary_prompt(tokenizer, [7, 8, 9], -1) == [sep]
+    assert data.summary_prompt(tokenizer, [7, 8, 9], 2) == [7, 8, sep]
+    assert data.summary_prompt(tokenizer, [7, 8, 9], 5) == [7, 8, 9, sep]
+    assert data.summary_prompt(tokenizer, [7, 8, 9], -1) == [sep]
     no_sep = copy.deepcopy(tokenizer)
     no_sep.sep_token = None
     with pytest.raises(DataError, match="no sep token"):
-        llm_memory.data.summary_prompt(no_sep, [7], 1)
+        data.summary_prompt(no_sep, [7], 1)
 
 
 def test_encode_summarization_masks_the_document_and_separator(tokenizer):
@@ -484,6 +484,6 @@ def test_a_split_with_one_label_keeps_the_shared_label_ids(tokenizer):
             "validation": Dataset.from_dict({"text": ["great"], "label": ["pos"]}),
         }
     )
-    encoded = llm_memory.data.prepare_classification_dataset(raw, tokenizer, max_length=8)
+    encoded = data.prepare_classification_dataset(raw, tokenizer, max_length=8)
     assert encoded["train"]["labels"] == [1, 0, 1]
     assert encoded["validation"]["labels"] == [1]

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from llm_memory import data, data_mix
+from llm_memory.training import data, data_mix, sources
+from llm_memory.training.reviews import load_movie_reviews
 
 
 @pytest.fixture(scope="module")
@@ -13,7 +14,7 @@ def mix():
 
 
 def test_the_mix_trains_on_reviews_and_english_text_and_keeps_the_review_splits(mix):
-    reviews = data.load_movie_reviews()
+    reviews = load_movie_reviews()
     sources = set(mix["train"]["source"])
     assert sources == {"imdb", "rotten_tomatoes", "wikipedia", "news"}
     assert mix["validation"]["text"] == reviews["validation"]["text"]
@@ -34,12 +35,12 @@ def test_the_mix_trains_on_reviews_and_english_text_and_keeps_the_review_splits(
 
 
 def test_the_mix_is_the_same_in_every_call_and_does_not_follow_the_training_seed():
-    first = data.load_text_dataset(dataset_name="lm_mix", seed=1)
-    second = data.load_text_dataset(dataset_name="builtin:lm_mix", seed=2)
+    first = sources.load_text_dataset(dataset_name="lm_mix", seed=1)
+    second = sources.load_text_dataset(dataset_name="builtin:lm_mix", seed=2)
     assert first["train"]["text"] == second["train"]["text"]
     assert (
-        data.load_text_dataset("movie_reviews", seed=5)["test"]["text"]
-        == data.load_movie_reviews()["test"]["text"]
+        sources.load_text_dataset("movie_reviews", seed=5)["test"]["text"]
+        == load_movie_reviews()["test"]["text"]
     )
 
 
@@ -77,7 +78,7 @@ def test_a_missing_gensim_is_a_clear_error(monkeypatch):
 
 def test_the_sentiment_mix_reads_reviews_whole_by_their_ends_and_critic_sentences():
     mix = data_mix.load_sentiment_mix()
-    reviews = data.load_movie_reviews()
+    reviews = load_movie_reviews()
     assert set(mix) == {"train", "validation"}
     train = mix["train"]
     assert set(train["kind"]) == {"review", "review end", "critic sentence"}

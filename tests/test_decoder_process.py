@@ -9,11 +9,23 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_inference import one_torch_thread, save_tiny_checkpoints  # noqa: F401  (an autouse fixture)
 
-from llm_memory import inference
-from llm_memory.decoder_process import END, TOKEN, DecoderProcess, _Outbox, _ReportingBatcher, _ReportingRow
-from llm_memory.inference import ModelLoadError
+from llm_memory.generation_settings import GenerationSettings
+from llm_memory.serving.decoder_process import (
+    END,
+    TOKEN,
+    DecoderProcess,
+    Outbox,
+    ReportingBatcher,
+    ReportingRow,
+)
+from llm_memory.serving.loading import ModelLoadError
+from llm_memory.serving.models import load_models
+from llm_memory.tasks.generate import check_generation_settings, generate, generate_stream
+from llm_memory.training.tokenization import encode
+
+# Each test starts or talks to decoding processes: slow.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 CASES = [
     ("The movie was", dict(strategy="sample", seed=0, temperature=1.3, top_k=0, max_new_tokens=30)),
@@ -24,18 +36,18 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tokenizer, tmp_path_factory):
-    return save_tiny_checkpoints(tmp_path_factory.mktemp("decoder-checkpoints"), tokenizer)
+def checkpoints(tiny_checkpoints):
+    return tiny_checkpoints
 
 
 @pytest.fixture(scope="module")
 def local(checkpoints):
-    return inference.load_models(checkpoints["model"])
+    return load_models(checkpoints["model"])
 
 
 @pytest.fixture(scope="module")
 def remote(checkpoints):
-    models = inference.load_models(checkpoints["model"], decoder_process=True)
+    models = load_models(checkpoints["model"], decoder_process=True)
     yield models
     models.batcher.close()
 
@@ -43,8 +55,8 @@ def remote(checkpoints):
 def longest_request(models, prompt: str = "The movie was"):
     """Greedy prompt ids and settings for as many new tokens as the tiny window allows (the tiny
     model's greedy loop is allowed, so that it does not end at an eos first)."""
-    ids = inference.encode(models.lm_tokenizer, prompt)
-    settings = inference.check_generation_settings(
+    ids = encode(models.lm_tokenizer, prompt)
+    settings = check_generation_settings(
         models, strategy="greedy", max_new_tokens=models.window - len(ids), no_repeat_ngram_size=0
     )
     return ids, settings
@@ -61,13 +73,13 @@ def test_the_child_runs_with_a_fixed_mmap_threshold(remote):
 
 
 def test_texts_are_the_in_process_ones_alone_and_at_once(local, remote):
-    expected = [inference.generate(local, prompt, **settings).text for prompt, settings in CASES]
-    assert [inference.generate(remote, prompt, **settings).text for prompt, settings in CASES] == expected
+    expected = [generate(local, prompt, **settings).text for prompt, settings in CASES]
+    assert [generate(remote, prompt, **settings).text for prompt, settings in CASES] == expected
     together = [None] * len(CASES)
 
     def run(i):
         prompt, settings = CASES[i]
-        together[i] = inference.generate(remote, prompt, **settings).text
+        together[i] = generate(remote, prompt, **settings).text
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(CASES))]
     for thread in threads:
@@ -79,10 +91,8 @@ def test_texts_are_the_in_process_ones_alone_and_at_once(local, remote):
 
 def test_the_stream_grows_token_by_token_to_the_whole_text(local, remote):
     settings = dict(strategy="greedy", max_new_tokens=20)
-    updates = list(inference.generate_stream(remote, "The movie was", **settings))
-    assert (
-        updates[-1].done and updates[-1].text == inference.generate(local, "The movie was", **settings).text
-    )
+    updates = list(generate_stream(remote, "The movie was", **settings))
+    assert updates[-1].done and updates[-1].text == generate(local, "The movie was", **settings).text
     assert len(updates) >= 2 and not any(update.done for update in updates[:-1])
     for before, after in zip(updates, updates[1:], strict=False):
         assert after.text.startswith(before.text) and after.num_tokens >= before.num_tokens
@@ -100,9 +110,9 @@ class SentMessages:
 
 def test_a_steps_tokens_wait_for_the_step_to_end_and_go_in_one_message():
     connection = SentMessages()
-    outbox = _Outbox(connection)
-    settings = inference.GenerationSettings()
-    rows = [_ReportingRow(row_id, outbox, [5, 6], settings) for row_id in range(3)]
+    outbox = Outbox(connection)
+    settings = GenerationSettings()
+    rows = [ReportingRow(row_id, outbox, [5, 6], settings) for row_id in range(3)]
     for row, token in zip(rows, (7, 8, 9), strict=True):
         row.add(token)
     with pytest.raises(queue.Empty):  # put without waking the sender
@@ -117,15 +127,15 @@ def test_a_steps_tokens_wait_for_the_step_to_end_and_go_in_one_message():
 def test_the_childs_batcher_flushes_after_every_step(local):
     flushes = []
 
-    class CountingOutbox(_Outbox):
+    class CountingOutbox(Outbox):
         def flush(self):
             flushes.append(len(row.tokens))
             super().flush()
 
     connection = SentMessages()
-    batcher = _ReportingBatcher(local.lm, local.lm_tokenizer, CountingOutbox(connection))
+    batcher = ReportingBatcher(local.lm, local.lm_tokenizer, CountingOutbox(connection))
     ids, settings = longest_request(local)
-    row = _ReportingRow(0, batcher.outbox, ids, settings)  # before the batcher can flush
+    row = ReportingRow(0, batcher.outbox, ids, settings)  # before the batcher can flush
     batcher.submit_row(row)
     assert row.done.wait(60) and row.error is None
     assert flushes == list(range(1, settings.max_new_tokens + 1))  # one per step, after its token
@@ -143,11 +153,11 @@ def test_a_cancel_ends_the_row_in_the_child(remote):
     row.cancel()
     assert row.done.wait(60) and row.error is None
     assert len(row.tokens) < settings.max_new_tokens
-    assert inference.generate(remote, "Hi", strategy="greedy", max_new_tokens=5).num_tokens >= 1
+    assert generate(remote, "Hi", strategy="greedy", max_new_tokens=5).num_tokens >= 1
 
 
 def test_a_child_that_dies_fails_its_requests_and_the_next_request_starts_another(checkpoints, local):
-    models = inference.load_models(checkpoints["model"], decoder_process=True)
+    models = load_models(checkpoints["model"], decoder_process=True)
     try:
         ids, settings = longest_request(models)
         first = models.batcher.pid
@@ -158,17 +168,14 @@ def test_a_child_that_dies_fails_its_requests_and_the_next_request_starts_anothe
             row.error
         )
         prompt, settings = CASES[0]
-        assert (
-            inference.generate(models, prompt, **settings).text
-            == inference.generate(local, prompt, **settings).text
-        )
+        assert generate(models, prompt, **settings).text == generate(local, prompt, **settings).text
         assert models.batcher.pid != first
     finally:
         models.batcher.close()
 
 
 def test_a_frozen_child_is_replaced_and_its_requests_fail_with_the_reason(checkpoints, local):
-    models = inference.load_models(checkpoints["model"], decoder_process=True)
+    models = load_models(checkpoints["model"], decoder_process=True)
     models.batcher.close()
     models.batcher = decoder = DecoderProcess(checkpoints["model"], stall_timeout_s=2)
     try:
@@ -180,10 +187,7 @@ def test_a_frozen_child_is_replaced_and_its_requests_fail_with_the_reason(checkp
         assert row.done.wait(30)
         assert "sent nothing for" in str(row.error) and "send the request again" in str(row.error)
         prompt, settings = CASES[0]
-        assert (
-            inference.generate(models, prompt, **settings).text
-            == inference.generate(local, prompt, **settings).text
-        )
+        assert generate(models, prompt, **settings).text == generate(local, prompt, **settings).text
         assert decoder.pid != frozen
     finally:
         decoder.close()

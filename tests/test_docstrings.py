@@ -10,9 +10,9 @@ import zlib
 
 import pytest
 
-import llm_memory.docstrings
-from llm_memory.data import load_text_dataset
-from llm_memory.docstrings import VALIDATION_EVERY, load_docstring_pairs, load_package_docstrings
+from llm_memory.training import docstrings
+from llm_memory.training.docstrings import VALIDATION_EVERY, load_docstring_pairs, load_package_docstrings
+from llm_memory.training.sources import load_text_dataset
 
 # Small, stable packages that the requirements install: reading them takes a second or two.
 PACKAGES = ("accelerate", "huggingface_hub")
@@ -55,7 +55,7 @@ def test_docstring_pairs_are_the_same_in_another_process():
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     digest = subprocess.run(
-        [sys.executable, "-c", code, llm_memory.docstrings.__file__],
+        [sys.executable, "-c", code, docstrings.__file__],
         env=env,
         capture_output=True,
         text=True,
@@ -118,7 +118,7 @@ def test_package_pairs_read_sources_without_importing_them():
         "print(len(pairs['train']) > 0, 'accelerate' in sys.modules)"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, llm_memory.docstrings.__file__],
+        [sys.executable, "-c", code, docstrings.__file__],
         capture_output=True,
         text=True,
         check=True,

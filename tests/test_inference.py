@@ -2,7 +2,6 @@
 summaries and attention at the level of readable pieces. Nothing is downloaded."""
 
 import math
-import shutil
 import threading
 import time
 from functools import partial
@@ -13,74 +12,35 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from llm_memory import (
-    MemoryTransformerConfig,
-    MemoryTransformerForCausalLM,
-    MemoryTransformerForSequenceClassification,
-    attention_view,
-    inference,
-    shared_prefix,
-)
-from llm_memory.inference import InputError, ModelLoadError
-from llm_memory.packed_linear import PackedLinear
-from llm_memory.tokenization import REPLACEMENT_CHAR, Piece
+from llm_memory import MemoryTransformerForCausalLM
+from llm_memory.demo import figures
+from llm_memory.serving import classify_batcher, shared_prefix
+from llm_memory.serving.classify_batcher import ClassifyBatcher, classify_ids
+from llm_memory.serving.kv_cache import RESERVED_LAYERS, reserving_cache
+from llm_memory.serving.loading import ModelLoadError
+from llm_memory.serving.models import load_models
+from llm_memory.serving.packed_linear import PackedLinear
+from llm_memory.serving.rows import Batch, Row
+from llm_memory.serving.sampler import WordForms, repeated_ngram_mask
+from llm_memory.serving.settings import SERVE_DEFAULTS
+from llm_memory.tasks import summarize as summarize_task
+from llm_memory.tasks.attention import attention, piece_attention
+from llm_memory.tasks.checks import InputError, clean_text, count_removed_characters
+from llm_memory.tasks.classify import classify
+from llm_memory.tasks.cli import main as tasks_command_line
+from llm_memory.tasks.generate import check_generation_settings, generate, generate_stream
+from llm_memory.tasks.summarize import SUMMARY_METHODS, abstract_overlap, summarize
+from llm_memory.training.data import split_sentences
+from llm_memory.training.tokenization import REPLACEMENT_CHAR, Piece, encode
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY_WINDOW = 64
-LABELS = {0: "neg", 1: "pos"}
-
-
-def tiny_config(tokenizer, **overrides) -> MemoryTransformerConfig:
-    values = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=TINY_WINDOW,
-        use_lstm=True,
-    )
-    values.update(overrides)
-    return MemoryTransformerConfig(**values)
-
-
-def save_tiny_checkpoints(root, tokenizer) -> dict[str, str]:
-    """Random tiny checkpoints in ``root``: a causal LM, a neg/pos classifier and a summarizer-flagged LM."""
-    torch.manual_seed(0)
-    folders = {}
-    models = {
-        "model": MemoryTransformerForCausalLM(tiny_config(tokenizer)),
-        "classifier": MemoryTransformerForSequenceClassification(
-            tiny_config(tokenizer, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
-        ),
-        "summarizer": MemoryTransformerForCausalLM(
-            tiny_config(tokenizer, task_specific_params={"summarization": {"max_new_tokens": 12}})
-        ),
-    }
-    for role, model in models.items():
-        folder = root / role
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        folders[role] = str(folder)
-    return folders
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread per call, as the app runs: on a small busy CPU, two per call wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoints(tokenizer, tmp_path_factory):
-    return save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"), tokenizer)
 
 
 @pytest.fixture(scope="module")
 def models(tiny_checkpoints):
-    return inference.load_models(tiny_checkpoints["model"], tiny_checkpoints["classifier"])
+    return load_models(tiny_checkpoints["model"], tiny_checkpoints["classifier"])
 
 
 def test_load_models_serves_on_packed_linear_layers(models):
@@ -91,7 +51,7 @@ def test_load_models_serves_on_packed_linear_layers(models):
 
 @pytest.fixture(scope="module")
 def models_with_summarizer(tiny_checkpoints):
-    return inference.load_models(
+    return load_models(
         tiny_checkpoints["model"], tiny_checkpoints["classifier"], tiny_checkpoints["summarizer"]
     )
 
@@ -108,7 +68,7 @@ def test_load_models_reads_folders(models, tiny_checkpoints):
 
 
 def test_summarization_flag_in_config_makes_the_model_its_own_summarizer(tiny_checkpoints):
-    models = inference.load_models(tiny_checkpoints["summarizer"], tiny_checkpoints["classifier"])
+    models = load_models(tiny_checkpoints["summarizer"], tiny_checkpoints["classifier"])
     assert models.summarizer is models.lm
 
 
@@ -122,34 +82,21 @@ def test_missing_or_empty_model_folder_is_a_clear_error(tiny_checkpoints, tmp_pa
     if folder == "empty":
         (tmp_path / folder).mkdir()
     with pytest.raises(ModelLoadError, match=message) as info:
-        inference.load_models(paths["model"], paths["classifier"], paths["summarizer"])
+        load_models(paths["model"], paths["classifier"], paths["summarizer"])
     assert info.value.role == role
     assert str(tmp_path / folder) in str(info.value)
-
-
-def corrupt_copy(folder, tmp_path, damage: str):
-    """A copy of a checkpoint folder whose weights are cut in half, or hold 4 KB of 0xff bytes (NaN)."""
-    copy = tmp_path / f"{damage}-copy"
-    shutil.copytree(folder, copy)
-    weights = copy / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    if damage == "truncated":
-        data = data[: len(data) // 2]
-    else:
-        middle = len(data) // 2
-        data[middle : middle + 4096] = b"\xff" * 4096
-    weights.write_bytes(bytes(data))
-    return copy
 
 
 @pytest.mark.parametrize(
     ("damage", "message"),
     [("truncated", "is truncated or corrupt"), ("nan", r"holds NaN or infinite values \(first in")],
 )
-def test_a_corrupt_weights_file_is_named_in_the_error(tiny_checkpoints, tmp_path, damage, message):
+def test_a_corrupt_weights_file_is_named_in_the_error(
+    tiny_checkpoints, corrupt_copy, tmp_path, damage, message
+):
     broken = corrupt_copy(tiny_checkpoints["classifier"], tmp_path, damage)
     with pytest.raises(ModelLoadError, match=message) as info:
-        inference.load_models(tiny_checkpoints["model"], str(broken))
+        load_models(tiny_checkpoints["model"], str(broken))
     assert info.value.role == "classifier" and str(broken / "model.safetensors") in str(info.value)
 
 
@@ -157,21 +104,21 @@ def test_a_corrupt_weights_file_is_named_in_the_error(tiny_checkpoints, tmp_path
 
 
 def test_clean_text_strips_control_characters_and_keeps_emoji():
-    assert inference.clean_text("a\x00b\x07c\x1b[0m\r\nd\te") == "abc[0m\nd\te"
-    assert inference.clean_text("👩\u200d💻 我喜欢编程") == "👩\u200d💻 我喜欢编程"
-    assert inference.clean_text("lone \ud800 surrogate") == "lone  surrogate"
-    assert inference.count_removed_characters("a\x00b") == 1
+    assert clean_text("a\x00b\x07c\x1b[0m\r\nd\te") == "abc[0m\nd\te"
+    assert clean_text("👩\u200d💻 我喜欢编程") == "👩\u200d💻 我喜欢编程"
+    assert clean_text("lone \ud800 surrogate") == "lone  surrogate"
+    assert count_removed_characters("a\x00b") == 1
 
 
 @pytest.mark.parametrize("text", ["", "   \n\t", "\x00\x01\x02", None, 42])
 def test_empty_or_non_text_is_refused(text):
     with pytest.raises(InputError, match="empty|must be a string"):
-        inference.clean_text(text)
+        clean_text(text)
 
 
 def test_overlong_text_is_refused_with_the_limit():
-    with pytest.raises(InputError, match=f"limit is {inference.MAX_INPUT_CHARS:,} characters"):
-        inference.clean_text("x" * (inference.MAX_INPUT_CHARS + 1))
+    with pytest.raises(InputError, match=f"limit is {SERVE_DEFAULTS.max_input_chars:,} characters"):
+        clean_text("x" * (SERVE_DEFAULTS.max_input_chars + 1))
 
 
 BAD_SETTINGS = [
@@ -193,7 +140,7 @@ BAD_SETTINGS = [
 @pytest.mark.parametrize(("name", "value", "message"), BAD_SETTINGS)
 def test_generation_settings_out_of_range(models, name, value, message):
     with pytest.raises(InputError, match=name) as info:
-        next(inference.generate_stream(models, "hello", **{name: value}))
+        next(generate_stream(models, "hello", **{name: value}))
     assert message in str(info.value)
 
 
@@ -208,14 +155,14 @@ def test_generation_settings_out_of_range(models, name, value, message):
 )
 def test_attention_settings_out_of_range(models, kwargs, message):
     with pytest.raises(InputError, match=message):
-        inference.attention(models, "hello world", **kwargs)
+        attention(models, "hello world", **kwargs)
 
 
 def test_summary_settings_out_of_range(models):
     with pytest.raises(InputError, match="num_sentences must be an integer from 1 to 10"):
-        inference.summarize(models, "One. Two.", num_sentences=11)
+        summarize(models, "One. Two.", num_sentences=11)
     with pytest.raises(InputError, match="method must be one of lead, summarizer, centroid, attention"):
-        inference.summarize(models, "One. Two.", method="salience")
+        summarize(models, "One. Two.", method="salience")
 
 
 # --- generation --------------------------------------------------------------------------------------
@@ -228,7 +175,7 @@ def hf_generate(models, prompt, **kwargs) -> str:
 
 
 def test_greedy_stream_equals_generate(models):
-    updates = list(inference.generate_stream(models, "The movie was", strategy="greedy", max_new_tokens=12))
+    updates = list(generate_stream(models, "The movie was", strategy="greedy", max_new_tokens=12))
     expected = hf_generate(
         models,
         "The movie was",
@@ -256,10 +203,10 @@ def test_repeated_ngram_mask_bans_what_transformers_no_repeat_processor_bans(siz
     pads = torch.tensor([0, 3, 0, 10, 29])
     for row, pad in enumerate(pads.tolist()):
         ids[row, :pad] = 0
-    banned = inference.repeated_ngram_mask(ids, size, pads, vocab)
+    banned = repeated_ngram_mask(ids, size, pads, vocab)
     # Word forms that are all distinct, and no whitespace, change nothing.
-    distinct = inference.WordForms(torch.arange(vocab), torch.zeros(vocab, dtype=torch.bool))
-    assert torch.equal(inference.repeated_ngram_mask(ids, size, pads, vocab, distinct), banned)
+    distinct = WordForms(torch.arange(vocab), torch.zeros(vocab, dtype=torch.bool))
+    assert torch.equal(repeated_ngram_mask(ids, size, pads, vocab, distinct), banned)
     processor = NoRepeatNGramLogitsProcessor(size)
     for row, pad in enumerate(pads.tolist()):
         real = ids[row : row + 1, pad:]
@@ -268,19 +215,23 @@ def test_repeated_ngram_mask_bans_what_transformers_no_repeat_processor_bans(siz
 
 
 def test_word_forms_ban_a_repeat_across_case_and_line_breaks(tokenizer):
-    forms = inference.WordForms.of(tokenizer, len(tokenizer))
-    encode = partial(inference.encode, tokenizer)
-    assert forms.space[encode("\n")].all() and not forms.space[encode(" The")].any()
-    assert forms.ids[encode(" The")[-1]] == forms.ids[encode("The")[-1]] == forms.ids[encode(" the")[-1]]
+    forms = WordForms.of(tokenizer, len(tokenizer))
+    encode_text = partial(encode, tokenizer)
+    assert forms.space[encode_text("\n")].all() and not forms.space[encode_text(" The")].any()
+    assert (
+        forms.ids[encode_text(" The")[-1]]
+        == forms.ids[encode_text("The")[-1]]
+        == forms.ids[encode_text(" the")[-1]]
+    )
     text = "Yes. the film is a movie.\nThe film is"
-    ids = torch.tensor([encode(text)])
+    ids = torch.tensor([encode_text(text)])
     starts = torch.tensor([0])
-    banned = inference.repeated_ngram_mask(ids, 4, starts, len(tokenizer), forms)[0]
-    a = encode(" a")
+    banned = repeated_ngram_mask(ids, 4, starts, len(tokenizer), forms)[0]
+    a = encode_text(" a")
     assert len(a) == 1 and banned[a[0]]  # "the film is a" again, after a line break
     assert banned[forms.ids == forms.ids[a[0]]].all()  # and every token of that form
     assert banned.sum() == (forms.ids == forms.ids[a[0]]).sum()  # nothing else
-    assert not inference.repeated_ngram_mask(ids, 4, starts, len(tokenizer))[0, a[0]]  # tokens differ
+    assert not repeated_ngram_mask(ids, 4, starts, len(tokenizer))[0, a[0]]  # tokens differ
     # Byte pieces of characters (each decodes alone to U+FFFD) keep forms of their own.
     pieces = [i for i in range(len(tokenizer)) if "\ufffd" in tokenizer.decode([i])]
     assert len(pieces) > 1 and len(set(forms.ids[pieces].tolist())) == len(pieces)
@@ -288,7 +239,7 @@ def test_word_forms_ban_a_repeat_across_case_and_line_breaks(tokenizer):
 
 def test_greedy_tokens_repeat_no_4_gram_by_default(models):
     prompt = models.lm_tokenizer("the the the the", add_special_tokens=False).input_ids
-    settings = inference.check_generation_settings(models, strategy="greedy", max_new_tokens=40)
+    settings = check_generation_settings(models, strategy="greedy", max_new_tokens=40)
     row = models.batcher.submit(prompt, settings)
     assert row.done.wait(60) and row.error is None
     ids = prompt + row.tokens
@@ -301,22 +252,18 @@ def test_greedy_tokens_repeat_no_4_gram_by_default(models):
 
 
 def test_each_request_draws_a_fresh_seed_and_reports_it(models):
-    first = inference.generate(models, "The movie was", max_new_tokens=12, temperature=2.0, top_k=0)
-    second = inference.generate(models, "The movie was", max_new_tokens=12, temperature=2.0, top_k=0)
+    first = generate(models, "The movie was", max_new_tokens=12, temperature=2.0, top_k=0)
+    second = generate(models, "The movie was", max_new_tokens=12, temperature=2.0, top_k=0)
     assert first.seed is not None and second.seed is not None and first.seed != second.seed
     assert first.text != second.text
     # The reported seed makes the same text again.
-    again = inference.generate(
-        models, "The movie was", max_new_tokens=12, temperature=2.0, top_k=0, seed=first.seed
-    )
+    again = generate(models, "The movie was", max_new_tokens=12, temperature=2.0, top_k=0, seed=first.seed)
     assert again.text == first.text and again.seed == first.seed
 
 
 def test_sampling_with_top_k_1_is_greedy(models):
-    greedy = inference.generate(models, "我喜欢编程", strategy="greedy", max_new_tokens=10).text
-    top1 = inference.generate(
-        models, "我喜欢编程", strategy="sample", top_k=1, seed=-1, max_new_tokens=10
-    ).text
+    greedy = generate(models, "我喜欢编程", strategy="greedy", max_new_tokens=10).text
+    top1 = generate(models, "我喜欢编程", strategy="sample", top_k=1, seed=-1, max_new_tokens=10).text
     assert top1 == greedy
 
 
@@ -327,9 +274,7 @@ def run_together_while_busy(models, monkeypatch, run, keys, busy_tokens: int) ->
     monkeypatch.setattr(models.batcher, "window_s", 0.5)
     monkeypatch.setattr(models.batcher, "quiet_s", 0.5)
     monkeypatch.setattr(models.batcher, "rebatch_max_tokens", 0)
-    busy = inference.generate_stream(
-        models, "Keep the server busy", strategy="greedy", max_new_tokens=busy_tokens
-    )
+    busy = generate_stream(models, "Keep the server busy", strategy="greedy", max_new_tokens=busy_tokens)
     next(busy)
     results = {}
     threads = [threading.Thread(target=lambda k=key: results.update({k: run(k)})) for key in keys]
@@ -343,8 +288,8 @@ def run_together_while_busy(models, monkeypatch, run, keys, busy_tokens: int) ->
 
 def test_seeded_sampling_is_the_same_alone_and_in_a_batch(models, monkeypatch):
     settings = dict(strategy="sample", max_new_tokens=10, temperature=1.5, top_k=0, top_p=1.0, seed=7)
-    alone = inference.generate(models, "The movie was", **settings).text
-    assert inference.generate(models, "The movie was", **settings).text == alone
+    alone = generate(models, "The movie was", **settings).text
+    assert generate(models, "The movie was", **settings).text == alone
     assert models.batcher.batch_sizes[-1] == 1
 
     # With a generation running, the batcher waits its window for more: the four requests below
@@ -358,7 +303,7 @@ def test_seeded_sampling_is_the_same_alone_and_in_a_batch(models, monkeypatch):
 
     def run(key):
         seed = 7 if key == "a" else 1
-        return inference.generate(models, prompts[key], **{**settings, "seed": seed}).text
+        return generate(models, prompts[key], **{**settings, "seed": seed}).text
 
     results = run_together_while_busy(models, monkeypatch, run, prompts, busy_tokens=60)
     assert list(models.batcher.batch_sizes)[-1] == 4
@@ -368,7 +313,7 @@ def test_seeded_sampling_is_the_same_alone_and_in_a_batch(models, monkeypatch):
 def test_the_batch_cache_writes_keys_in_place_and_gives_the_logits_of_a_dynamic_cache(models):
     # Two left-padded rows decode 6 steps; then the first leaves (reorder_cache) and the second goes on.
     model, tokenizer = models.lm, models.lm_tokenizer
-    rows = [inference.encode(tokenizer, "The movie was"), inference.encode(tokenizer, "A much longer prompt")]
+    rows = [encode(tokenizer, "The movie was"), encode(tokenizer, "A much longer prompt")]
     length = max(map(len, rows))
     input_ids = torch.tensor([[tokenizer.pad_token_id] * (length - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows])
@@ -390,8 +335,8 @@ def test_the_batch_cache_writes_keys_in_place_and_gives_the_logits_of_a_dynamic_
         return steps, storages
 
     expected, _ = decode(DynamicCache(config=model.config))
-    reserved = inference._reserving_cache(model.config, length + 10)
-    assert {type(layer) for layer in reserved.layers} <= set(inference._RESERVED_LAYERS.values())
+    reserved = reserving_cache(model.config, length + 10)
+    assert {type(layer) for layer in reserved.layers} <= set(RESERVED_LAYERS.values())
     logits, storages = decode(reserved)
     for got, want in zip(logits, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
@@ -407,7 +352,7 @@ def test_rows_leave_the_batch_when_they_end(models, monkeypatch):
     settings = dict(strategy="sample", temperature=0.7, top_k=0, top_p=1.0, seed=3)
 
     def make(key):
-        return inference.generate(models, prompts[key], **settings, max_new_tokens=limits[key])
+        return generate(models, prompts[key], **settings, max_new_tokens=limits[key])
 
     alone = {key: make(key) for key in prompts}
     assert [alone[key].num_tokens for key in prompts] == [3, 12, 30]  # no eos came first: a fair test
@@ -440,7 +385,7 @@ def test_rows_with_the_same_prompt_share_the_first_pass_and_keep_their_own_texts
 
     def make(key):
         prompt, seed = requests[key]
-        return inference.generate(models, prompt, **settings, seed=seed).text
+        return generate(models, prompt, **settings, seed=seed).text
 
     alone = {key: make(key) for key in requests}
     assert len(set(alone.values())) == 4  # the seeds make different texts: sharing must not merge them
@@ -502,7 +447,7 @@ def test_shared_prefix_attention_is_sdpa_over_the_whole_context(models, new_toke
 
 def test_the_batchers_model_attends_with_sdpa_where_no_prefix_is_shared(models):
     assert models.lm.config._attn_implementation == shared_prefix.NAME
-    ids = torch.tensor([inference.encode(models.lm_tokenizer, "The movie was good, and so was the music.")])
+    ids = torch.tensor([encode(models.lm_tokenizer, "The movie was good, and so was the music.")])
     with torch.no_grad():
         got = models.lm(ids).logits
         models.lm.set_attn_implementation("sdpa")
@@ -535,11 +480,11 @@ def test_rows_with_a_long_shared_prompt_read_it_once_and_keep_their_own_texts(mo
     seeds = {"a": 1, "b": 2, "c": 3}
 
     def make(key):
-        return inference.generate(models, prompt, **settings, seed=seeds[key]).text
+        return generate(models, prompt, **settings, seed=seeds[key]).text
 
     alone = {key: make(key) for key in seeds}
     assert len(set(alone.values())) == 3
-    length = len(inference.encode(models.lm_tokenizer, prompt)[-(TINY_WINDOW - 12) :])
+    length = len(encode(models.lm_tokenizer, prompt)[-(TINY_WINDOW - 12) :])
     assert length - 1 >= models.batcher.shared_prefix_min_tokens  # long enough to be shared
 
     passes = recording_forward(models, monkeypatch)
@@ -560,28 +505,32 @@ def test_rows_with_a_long_shared_prompt_read_it_once_and_keep_their_own_texts(mo
         dict(position_embedding_type="rope", lstm_num_layers=2),
     ],
 )
-def test_a_shared_prompt_kept_once_gives_the_tokens_of_one_kept_per_row(tokenizer, tmp_path, overrides):
+def test_a_shared_prompt_kept_once_gives_the_tokens_of_one_kept_per_row(
+    tokenizer, tiny_config, tmp_path, overrides
+):
     # Every position kind, with and without the LSTM (one or two layers of state to copy out).
     torch.manual_seed(0)
-    MemoryTransformerForCausalLM(tiny_config(tokenizer, **overrides)).save_pretrained(tmp_path)
+    MemoryTransformerForCausalLM(tiny_config(vocab_size=len(tokenizer), **overrides)).save_pretrained(
+        tmp_path
+    )
     tokenizer.save_pretrained(tmp_path)
-    models = inference.load_models(str(tmp_path))
-    prompt = inference.encode(tokenizer, "The movie was long, the music was loud and the actors were " * 3)
+    models = load_models(str(tmp_path))
+    prompt = encode(tokenizer, "The movie was long, the music was loud and the actors were " * 3)
     prompt = prompt[-(TINY_WINDOW - 12) :]
 
     def tokens(shared_prefix_min_tokens: int) -> list[list[int]]:
         models.batcher.shared_prefix_min_tokens = shared_prefix_min_tokens
         rows = [
-            inference._Row(
+            Row(
                 prompt,
-                inference.check_generation_settings(models, max_new_tokens=12, seed=seed, temperature=1.5),
+                check_generation_settings(models, max_new_tokens=12, seed=seed, temperature=1.5),
             )
             for seed in range(4)
         ]
-        models.batcher.generate(inference._Batch(rows))
+        models.batcher.generate(Batch(rows))
         return [row.tokens for row in rows]
 
-    shared = tokens(inference.SHARED_PREFIX_MIN_TOKENS)
+    shared = tokens(SERVE_DEFAULTS.shared_prefix_min_tokens)
     assert len(set(map(tuple, shared))) > 1  # the seeds make different texts
     assert shared == tokens(0)
 
@@ -592,7 +541,7 @@ def test_rows_that_made_tokens_before_joining_others_on_a_shared_prompt_keep_the
     # (left-padded), read in one pass of several tokens.
     settings = dict(strategy="sample", temperature=1.2, top_k=0, top_p=1.0, max_new_tokens=12, seed=5)
     prompt = "The movie was long, the music was loud and the actors were " * 3
-    alone = inference.generate(models, prompt, **settings).text
+    alone = generate(models, prompt, **settings).text
     slow_decoding(models, monkeypatch)
     monkeypatch.setattr(models.batcher, "window_s", 0.05)
     monkeypatch.setattr(models.batcher, "quiet_s", 0.05)
@@ -621,11 +570,11 @@ def slow_decoding(models, monkeypatch, seconds: float = 0.02):
 def run_together(models, first: str, later: dict[str, str], settings: dict) -> dict[str, str]:
     """Starts ``first``, and once its first token is out sends the ``later`` prompts from threads."""
     results = {}
-    stream = inference.generate_stream(models, first, **settings)
+    stream = generate_stream(models, first, **settings)
     next(stream)
 
     def run(key):
-        results[key] = inference.generate(models, later[key], **settings).text
+        results[key] = generate(models, later[key], **settings).text
 
     threads = [threading.Thread(target=run, args=(key,)) for key in later]
     for thread in threads:
@@ -640,8 +589,8 @@ def run_together(models, first: str, later: dict[str, str], settings: dict) -> d
 def test_new_requests_join_a_young_batch_and_every_text_is_unchanged(models, monkeypatch):
     settings = dict(strategy="sample", max_new_tokens=40, temperature=1.5, top_k=0, top_p=1.0, seed=5)
     prompts = {"b": "A much longer prompt than the first one", "c": "😀"}
-    alone = {key: inference.generate(models, text, **settings).text for key, text in prompts.items()}
-    alone["first"] = inference.generate(models, "The movie was", **settings).text
+    alone = {key: generate(models, text, **settings).text for key, text in prompts.items()}
+    alone["first"] = generate(models, "The movie was", **settings).text
 
     slow_decoding(models, monkeypatch)
     monkeypatch.setattr(models.batcher, "window_s", 0.05)
@@ -660,10 +609,8 @@ def test_a_batch_that_takes_new_rows_in_stops_before_the_burst_is_gathered(model
     # The first row must not run ahead while the batcher waits for the rest of a burst: every row of
     # the joint batch would be padded to its longer context, on every step.
     settings = dict(strategy="greedy", max_new_tokens=40)
-    alone = {
-        key: inference.generate(models, text, **settings).text for key, text in (("b", "Hi"), ("c", "Hello"))
-    }
-    alone["first"] = inference.generate(models, "The movie was", **settings).text
+    alone = {key: generate(models, text, **settings).text for key, text in (("b", "Hi"), ("c", "Hello"))}
+    alone["first"] = generate(models, "The movie was", **settings).text
     slow_decoding(models, monkeypatch)  # 20 ms a step: the quiet window below is 15 steps long
     monkeypatch.setattr(models.batcher, "window_s", 2.0)
     monkeypatch.setattr(models.batcher, "quiet_s", 0.3)
@@ -701,7 +648,7 @@ def test_the_window_closes_once_requests_stop_coming(models, monkeypatch):
     together = run_together(models, "The movie was", {"b": "Hi", "c": "Hello"}, settings)
     assert time.perf_counter() - start < 10.0
     assert list(models.batcher.batch_sizes)[-1] == 3
-    assert together["b"] == inference.generate(models, "Hi", **settings).text
+    assert together["b"] == generate(models, "Hi", **settings).text
 
 
 def test_an_older_batch_is_not_stopped_for_new_requests(models, monkeypatch):
@@ -714,15 +661,15 @@ def test_an_older_batch_is_not_stopped_for_new_requests(models, monkeypatch):
     together = run_together(models, "The movie was", {"b": "Hi", "c": "Hello"}, settings)
     assert models.batcher.rebatches == rebatches
     assert list(models.batcher.batch_sizes)[-2:] == [1, 2]
-    assert together["first"] == inference.generate(models, "The movie was", **settings).text
+    assert together["first"] == generate(models, "The movie was", **settings).text
 
 
 def test_min_interval_spaces_the_updates_and_keeps_the_text(models, monkeypatch):
     settings = dict(strategy="greedy", max_new_tokens=20)
-    every_token = list(inference.generate_stream(models, "The movie was", **settings))
+    every_token = list(generate_stream(models, "The movie was", **settings))
     slow_decoding(models, monkeypatch)  # 20 tokens take over 0.4 s
     times, updates = [], []
-    for update in inference.generate_stream(models, "The movie was", **settings, min_interval_s=0.15):
+    for update in generate_stream(models, "The movie was", **settings, min_interval_s=0.15):
         times.append(time.perf_counter())
         updates.append(update)
     assert updates[0].num_tokens == 1  # the first token is shown at once
@@ -740,7 +687,7 @@ def test_rows_that_span_more_columns_than_the_window_together_are_one_batch(mode
     monkeypatch.setattr(models.batcher, "shared_prefix_min_tokens", 0)
     settings = dict(strategy="greedy", max_new_tokens=30)
     prompt = "word " * 100
-    alone = inference.generate(models, prompt, **settings).text
+    alone = generate(models, prompt, **settings).text
     slow_decoding(models, monkeypatch)
     monkeypatch.setattr(models.batcher, "window_s", 0.05)
     monkeypatch.setattr(models.batcher, "quiet_s", 0.05)
@@ -775,9 +722,9 @@ def test_a_request_cancelled_while_its_batch_is_stopped_ends(models, monkeypatch
     slow_decoding(models, monkeypatch)
     monkeypatch.setattr(models.batcher, "window_s", 0.05)
     monkeypatch.setattr(models.batcher, "quiet_s", 0.05)
-    first = inference.generate_stream(models, "The movie was", strategy="greedy", max_new_tokens=40)
+    first = generate_stream(models, "The movie was", strategy="greedy", max_new_tokens=40)
     next(first)
-    second = inference.generate_stream(models, "Hi", strategy="greedy", max_new_tokens=40)
+    second = generate_stream(models, "Hi", strategy="greedy", max_new_tokens=40)
     next(second)
     first.close()  # the first user leaves; the second request goes on alone
     *_, last = second
@@ -786,9 +733,7 @@ def test_a_request_cancelled_while_its_batch_is_stopped_ends(models, monkeypatch
 
 
 def test_beam_search_equals_generate(models):
-    updates = list(
-        inference.generate_stream(models, "The movie was", strategy="beam", num_beams=3, max_new_tokens=8)
-    )
+    updates = list(generate_stream(models, "The movie was", strategy="beam", num_beams=3, max_new_tokens=8))
     expected = hf_generate(
         models,
         "The movie was",
@@ -805,23 +750,23 @@ def test_beam_search_equals_generate(models):
 
 def test_long_prompt_loses_its_start_and_max_new_tokens_holds(models):
     prompt = "word " * 200
-    final = inference.generate(models, prompt, strategy="greedy", max_new_tokens=10)
-    num_ids = len(inference.encode(models.lm_tokenizer, prompt))
+    final = generate(models, prompt, strategy="greedy", max_new_tokens=10)
+    num_ids = len(encode(models.lm_tokenizer, prompt))
     assert final.prompt_tokens == TINY_WINDOW - 10
     assert final.dropped_prompt_tokens == num_ids - (TINY_WINDOW - 10)
     assert final.num_tokens <= 10
 
 
 def test_closing_a_stream_cancels_it_and_the_next_request_runs(models):
-    stream = inference.generate_stream(models, "The movie was", strategy="greedy", max_new_tokens=60)
+    stream = generate_stream(models, "The movie was", strategy="greedy", max_new_tokens=60)
     next(stream)
     stream.close()
-    final = inference.generate(models, "The movie was", strategy="greedy", max_new_tokens=5)
+    final = generate(models, "The movie was", strategy="greedy", max_new_tokens=5)
     assert final.done and final.num_tokens <= 5
 
 
 def test_stream_never_shows_half_a_character(models):
-    for update in inference.generate_stream(models, "我喜欢", strategy="sample", seed=3, max_new_tokens=30):
+    for update in generate_stream(models, "我喜欢", strategy="sample", seed=3, max_new_tokens=30):
         if not update.done:
             assert not update.text.endswith(REPLACEMENT_CHAR)
 
@@ -831,7 +776,7 @@ def test_stream_never_shows_half_a_character(models):
 
 @pytest.mark.parametrize("text", ["A wonderful film.", "我喜欢编程", "👩\u200d💻 writes code 🎉"])
 def test_classify_gives_probabilities_and_a_score_per_whole_piece(models, text):
-    result = inference.classify(models, text)
+    result = classify(models, text)
     assert set(result.probabilities) == {"neg", "pos"}
     assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert result.label == max(result.probabilities, key=result.probabilities.get)
@@ -844,9 +789,9 @@ def test_classify_gives_probabilities_and_a_score_per_whole_piece(models, text):
 def test_attributions_are_gradient_times_input(models):
     """First order: f(x) - f((1 - eps) x) = eps * sum over tokens of x . grad f(x) = eps * sum of attributions."""
     text = "A wonderful film with a dull end"
-    result = inference.classify(models, text)
+    result = classify(models, text)
     target = list(result.probabilities).index(result.label)
-    ids = torch.tensor([inference.encode(models.classifier_tokenizer, text)])
+    ids = torch.tensor([encode(models.classifier_tokenizer, text)])
     embeddings = models.classifier.get_input_embeddings()(ids).double()
     classifier = models.classifier.double()
     try:
@@ -871,10 +816,10 @@ CLASSIFY_TEXTS = [
 
 def test_a_classified_batch_equals_each_text_alone(models):
     model, tokenizer = models.classifier, models.classifier_tokenizer
-    rows = [inference.encode(tokenizer, text) for text in CLASSIFY_TEXTS]
-    batched = inference.classify_ids(model, tokenizer, rows)
+    rows = [encode(tokenizer, text) for text in CLASSIFY_TEXTS]
+    batched = classify_ids(model, tokenizer, rows)
     for ids, (probabilities, target, scores) in zip(rows, batched, strict=True):
-        [(alone_probabilities, alone_target, alone_scores)] = inference.classify_ids(model, tokenizer, [ids])
+        [(alone_probabilities, alone_target, alone_scores)] = classify_ids(model, tokenizer, [ids])
         assert target == alone_target and scores.shape == (len(ids),)
         np.testing.assert_allclose(probabilities, alone_probabilities, atol=1e-5)
         torch.testing.assert_close(scores, alone_scores, atol=1e-5, rtol=1e-4)
@@ -882,14 +827,14 @@ def test_a_classified_batch_equals_each_text_alone(models):
 
 def test_concurrent_classify_requests_share_passes_and_get_their_own_results(models, monkeypatch):
     model, tokenizer = models.classifier, models.classifier_tokenizer
-    batcher = inference.ClassifyBatcher(model, tokenizer, window_s=2.0, quiet_s=0.2)
+    batcher = ClassifyBatcher(model, tokenizer, window_s=2.0, quiet_s=0.2)
     passes = []
-    real = inference.classify_ids
+    real = classify_ids
     monkeypatch.setattr(
-        inference, "classify_ids", lambda m, t, rows: passes.append(len(rows)) or real(m, t, rows)
+        classify_batcher, "classify_ids", lambda m, t, rows: passes.append(len(rows)) or real(m, t, rows)
     )
     texts = CLASSIFY_TEXTS * 3
-    rows = [inference.encode(tokenizer, text) for text in texts]
+    rows = [encode(tokenizer, text) for text in texts]
     results = [None] * len(rows)
     barrier = threading.Barrier(len(rows))
 
@@ -912,8 +857,8 @@ def test_concurrent_classify_requests_share_passes_and_get_their_own_results(mod
 
 def test_a_leading_classify_request_returns_under_steady_load(models):
     model, tokenizer = models.classifier, models.classifier_tokenizer
-    batcher = inference.ClassifyBatcher(model, tokenizer, max_batch_size=2, window_s=0.2, quiet_s=0.1)
-    ids = inference.encode(tokenizer, "Great.")
+    batcher = ClassifyBatcher(model, tokenizer, max_batch_size=2, window_s=0.2, quiet_s=0.1)
+    ids = encode(tokenizer, "Great.")
     stop = threading.Event()
 
     def steady():
@@ -936,8 +881,8 @@ def test_a_leading_classify_request_returns_under_steady_load(models):
 
 def test_a_failed_classify_pass_fails_its_requests_and_the_next_one_runs(models, monkeypatch):
     model, tokenizer = models.classifier, models.classifier_tokenizer
-    batcher = inference.ClassifyBatcher(model, tokenizer)
-    real = inference.classify_ids
+    batcher = ClassifyBatcher(model, tokenizer)
+    real = classify_ids
     calls = []
 
     def fail_once(m, t, rows):
@@ -946,15 +891,15 @@ def test_a_failed_classify_pass_fails_its_requests_and_the_next_one_runs(models,
             raise RuntimeError("out of memory")
         return real(m, t, rows)
 
-    monkeypatch.setattr(inference, "classify_ids", fail_once)
-    ids = inference.encode(tokenizer, "Great.")
+    monkeypatch.setattr(classify_batcher, "classify_ids", fail_once)
+    ids = encode(tokenizer, "Great.")
     with pytest.raises(RuntimeError, match="out of memory"):
         batcher.run(ids)
     assert batcher.run(ids)[1] == real(model, tokenizer, [ids])[0][1]
 
 
 def test_classify_cuts_text_past_the_window(models):
-    result = inference.classify(models, "word " * 100)
+    result = classify(models, "word " * 100)
     assert result.truncated_tokens > 0
     assert sum(len(piece) for piece, _ in result.attributions) < len("word " * 100)
     assert result.truncated_side == "right"
@@ -965,7 +910,7 @@ def test_classify_reads_the_end_when_the_tokenizer_truncates_left(models):
     text = "start " * 100 + "finale"
     tokenizer.truncation_side = "left"
     try:
-        result = inference.classify(models, text)
+        result = classify(models, text)
     finally:
         tokenizer.truncation_side = "right"
     assert result.truncated_tokens > 0 and result.truncated_side == "left"
@@ -978,7 +923,7 @@ def test_classify_reads_the_end_when_the_tokenizer_truncates_left(models):
 
 def test_split_sentences():
     text = "Hello world. Is it? 3.14 is pi! 我喜欢编程。你呢？\n\nA paragraph without a stop\nstill going"
-    sentences = [text[start:end] for start, end in inference.split_sentences(text)]
+    sentences = [text[start:end] for start, end in split_sentences(text)]
     assert sentences == [
         "Hello world.",
         "Is it?",
@@ -989,12 +934,10 @@ def test_split_sentences():
     ]
 
 
-@pytest.mark.parametrize("method", inference.SUMMARY_METHODS)
+@pytest.mark.parametrize("method", SUMMARY_METHODS)
 def test_summarize_picks_sentences_in_document_order(models_with_summarizer, method):
     document = " ".join(f"Sentence number {i} talks about topic {i % 3}." for i in range(12))
-    result = inference.summarize(
-        models_with_summarizer, document, num_sentences=3, method=method, abstractive=False
-    )
+    result = summarize(models_with_summarizer, document, num_sentences=3, method=method, abstractive=False)
     assert len(result.picked) == 3 and result.picked == sorted(result.picked)
     assert len(result.scores) == len(result.sentences) == 12
     best = sorted(range(12), key=lambda i: -result.scores[i])[:3]
@@ -1007,20 +950,20 @@ def test_summarize_picks_sentences_in_document_order(models_with_summarizer, met
 
 def test_the_default_method_is_lead_with_or_without_a_summarizer(models, models_with_summarizer):
     document = "First. Second one. Third one here."
-    assert inference.summarize(models, document, 1).method == "lead"
-    assert inference.summarize(models, document, 2).picked == [0, 1]
-    assert inference.summarize(models_with_summarizer, document, 1, abstractive=False).method == "lead"
+    assert summarize(models, document, 1).method == "lead"
+    assert summarize(models, document, 2).picked == [0, 1]
+    assert summarize(models_with_summarizer, document, 1, abstractive=False).method == "lead"
 
 
 def test_the_summarizer_method_without_a_summarizer_says_how_to_load_one(models):
-    with pytest.raises(inference.InputError, match="start the app with --summarizer PATH"):
-        inference.summarize(models, "One. Two.", 1, method="summarizer")
+    with pytest.raises(InputError, match="start the app with --summarizer PATH"):
+        summarize(models, "One. Two.", 1, method="summarizer")
 
 
 def test_abstract_overlap_is_each_sentences_rouge_1_against_the_abstract():
     document = "Return the sum of the values. Raise an error when empty. Values are numbers."
-    spans = inference.split_sentences(document)
-    scores = inference.abstract_overlap("Returns the sum of values.", document, spans)
+    spans = split_sentences(document)
+    scores = abstract_overlap("Returns the sum of values.", document, spans)
     assert scores[0] == max(scores) and 0.5 < scores[0] <= 1.0  # stemmed: "Returns" matches "Return"
     assert scores[1] == 0.0  # nothing in common
 
@@ -1028,30 +971,28 @@ def test_abstract_overlap_is_each_sentences_rouge_1_against_the_abstract():
 def test_summarizer_salience_ranks_by_the_abstract_and_ties_go_to_the_earlier(
     models_with_summarizer, monkeypatch
 ):
-    monkeypatch.setattr(inference, "_abstract", lambda models, text: "the third one wins")
+    monkeypatch.setattr(summarize_task, "generate_abstract", lambda models, text: "the third one wins")
     document = "First one. Second one. The third one wins here. Fourth."
-    result = inference.summarize(models_with_summarizer, document, num_sentences=2, method="summarizer")
+    result = summarize(models_with_summarizer, document, num_sentences=2, method="summarizer")
     assert result.picked == [0, 2]  # the third by overlap, then the first of the tied ones
     assert result.abstract == "the third one wins"
-    quiet = inference.summarize(models_with_summarizer, document, 1, method="summarizer", abstractive=False)
+    quiet = summarize(models_with_summarizer, document, 1, method="summarizer", abstractive=False)
     assert quiet.picked == [2] and quiet.abstract is None
 
 
 def test_summarize_reads_a_document_longer_than_the_window(models):
     document = " ".join(f"Line {i} of a long text about memory." for i in range(60))
-    result = inference.summarize(models, document, num_sentences=2)
+    result = summarize(models, document, num_sentences=2)
     assert len(result.sentences) == 60 and len(result.picked) == 2
 
 
 def test_summarize_with_fewer_sentences_than_asked(models):
-    result = inference.summarize(models, "只有一句话。", num_sentences=5)
+    result = summarize(models, "只有一句话。", num_sentences=5)
     assert result.picked == [0] and result.extract == "只有一句话。"
 
 
 def test_abstractive_summary_from_a_summarizer(models_with_summarizer):
-    result = inference.summarize(
-        models_with_summarizer, "One fact. Another fact. A third fact.", num_sentences=1
-    )
+    result = summarize(models_with_summarizer, "One fact. Another fact. A third fact.", num_sentences=1)
     assert isinstance(result.abstract, str)
     assert result.summary == (result.abstract or result.extract)
 
@@ -1063,30 +1004,31 @@ def test_piece_attention_means_query_rows_and_sums_key_columns():
     tokens = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
     pieces = [Piece("ab", 0, 2), Piece("c", 2, 3)]
     expected = np.array([[(1.0 + 0.0 + 0.5 + 0.5) / 2, 0.0], [0.2 + 0.3, 0.5]])
-    np.testing.assert_allclose(inference.piece_attention(tokens, pieces), expected)
+    np.testing.assert_allclose(piece_attention(tokens, pieces), expected)
 
 
 def test_pool_averages_blocks_of_pieces():
     weights = np.arange(25, dtype=np.float32).reshape(1, 1, 5, 5)
-    pooled, block = attention_view.pool(weights, max_cells=2)
+    pooled, block = figures.pool(weights, max_cells=2)
     assert block == 3 and pooled.shape == (1, 1, 2, 2)
     assert pooled[0, 0, 0, 0] == pytest.approx(weights[0, 0, :3, :3].mean())
     assert pooled[0, 0, 1, 1] == pytest.approx(weights[0, 0, 3:, 3:].mean())  # the short last block
-    assert attention_view.pool(weights, max_cells=5)[1] == 1
+    assert figures.pool(weights, max_cells=5)[1] == 1
 
 
 def test_grid_of_a_long_text_is_pooled(models):
-    result = inference.attention(models, "word " * 60)
+    result = attention(models, "word " * 60)
     num_pieces = len(result.pieces)
-    assert num_pieces > attention_view.GRID_MAX_CELLS
-    cells = np.asarray(result.grid.data[0].z).shape[0]
-    assert cells < num_pieces and cells <= attention_view.GRID_MAX_CELLS
-    assert np.asarray(result.heatmap.data[0].z).shape == (num_pieces, num_pieces)  # the heatmap is not
+    assert num_pieces > figures.GRID_MAX_CELLS
+    heatmap, grid = figures.attention_figures(result)
+    cells = np.asarray(grid.data[0].z).shape[0]
+    assert cells < num_pieces and cells <= figures.GRID_MAX_CELLS
+    assert np.asarray(heatmap.data[0].z).shape == (num_pieces, num_pieces)  # the heatmap is not
 
 
 @pytest.mark.parametrize("text", ["我喜欢编程", "The cat sat on the mat.", "👩\u200d💻 and 🇫🇷 stay whole"])
 def test_attention_is_causal_row_normalised_and_by_whole_pieces(models, text):
-    result = inference.attention(models, text, layer=1, head=2, token_index=-1)
+    result = attention(models, text, layer=1, head=2, token_index=-1)
     num_pieces = len(result.pieces)
     assert "".join(result.pieces) == text
     assert all(REPLACEMENT_CHAR not in piece for piece in result.pieces)
@@ -1097,15 +1039,16 @@ def test_attention_is_causal_row_normalised_and_by_whole_pieces(models, text):
     np.testing.assert_allclose(result.selected, result.weights[1, 2])
     weights = [weight for _, weight in result.highlights]
     assert max(weights) == pytest.approx(1.0)
-    assert isinstance(result.heatmap, go.Figure) and isinstance(result.grid, go.Figure)
-    assert len(result.grid.data) == 2 * 4
-    assert np.asarray(result.heatmap.data[0].z).shape == (num_pieces, num_pieces)
+    heatmap, grid = figures.attention_figures(result)
+    assert isinstance(heatmap, go.Figure) and isinstance(grid, go.Figure)
+    assert len(grid.data) == 2 * 4
+    assert np.asarray(heatmap.data[0].z).shape == (num_pieces, num_pieces)
 
 
 def test_attention_of_single_token_pieces_equals_the_models_weights(models):
     text = "the cat sat on a mat"
-    ids = inference.encode(models.lm_tokenizer, text)
-    result = inference.attention(models, text)
+    ids = encode(models.lm_tokenizer, text)
+    result = attention(models, text)
     assert len(result.pieces) == len(ids)  # every piece one token here
     with torch.no_grad():
         attentions = models.lm(torch.tensor([ids]), output_attentions=True).attentions
@@ -1113,15 +1056,13 @@ def test_attention_of_single_token_pieces_equals_the_models_weights(models):
 
 
 def test_attention_head_average(models):
-    result = inference.attention(
-        models, "The cat sat on the mat.", layer=0, token_index=2, average_heads=True
-    )
+    result = attention(models, "The cat sat on the mat.", layer=0, token_index=2, average_heads=True)
     assert result.head is None and result.token_index == 2
     np.testing.assert_allclose(result.selected, result.weights[0].mean(0))
 
 
 def test_attention_cuts_text_past_the_window(models):
-    result = inference.attention(models, "word " * 100)
+    result = attention(models, "word " * 100)
     assert result.truncated_tokens > 0
     assert result.weights.shape[-1] <= TINY_WINDOW
 
@@ -1131,11 +1072,11 @@ def test_attention_cuts_text_past_the_window(models):
 
 def test_command_line(tiny_checkpoints, capsys):
     paths = ["--model", tiny_checkpoints["model"], "--classifier", tiny_checkpoints["classifier"]]
-    inference.main(["classify", "A wonderful film", *paths])
+    tasks_command_line(["classify", "A wonderful film", *paths])
     assert capsys.readouterr().out.split()[0] in {"neg", "pos"}
-    inference.main(["generate", "The movie was", "--max_new_tokens", "4", *paths])
+    tasks_command_line(["generate", "The movie was", "--max_new_tokens", "4", *paths])
     assert "tokens/s" in capsys.readouterr().out
     with pytest.raises(SystemExit) as info:
-        inference.main(["summarize", "   ", *paths])
+        tasks_command_line(["summarize", "   ", *paths])
     assert info.value.code == 2
     assert "empty" in capsys.readouterr().err

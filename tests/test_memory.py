@@ -1,13 +1,13 @@
 """Segment recurrence: window-by-window scoring, state carry-over, truncated BPTT, long generation."""
 
+import functools
 import math
 
 import pytest
 import torch
 from transformers import DynamicCache
 
-from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
-from llm_memory.memory import (
+from llm_memory.memory.recurrence import (
     RecurrentTrainer,
     WindowedClassificationTrainer,
     chrono_init_,
@@ -22,17 +22,16 @@ from llm_memory.memory import (
 WINDOW = 16
 
 
-def tiny_lm(**overrides):
-    torch.manual_seed(0)
-    values = dict(
-        vocab_size=97,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=WINDOW,
-    )
-    return MemoryTransformerForCausalLM(MemoryTransformerConfig(**(values | overrides))).eval()
+@pytest.fixture
+def tiny_lm(tiny_lm):
+    """The suite's tiny LM with this file's window."""
+    return functools.partial(tiny_lm, max_position_embeddings=WINDOW)
+
+
+@pytest.fixture
+def tiny_classifier(tiny_classifier):
+    """The suite's tiny classifier with this file's window."""
+    return functools.partial(tiny_classifier, max_position_embeddings=WINDOW)
 
 
 def ids_of(length, batch=2, seed=1):
@@ -53,7 +52,9 @@ def by_hand(model, ids):
 
 
 @pytest.mark.parametrize("position_embedding_type", ["learned", "sinusoidal", "rope"])
-def test_long_sequence_in_one_call_equals_window_by_window_with_carried_state(position_embedding_type):
+def test_long_sequence_in_one_call_equals_window_by_window_with_carried_state(
+    tiny_lm, position_embedding_type
+):
     model = tiny_lm(position_embedding_type=position_embedding_type)
     ids = ids_of(WINDOW * 4 + 5)
     with torch.no_grad():
@@ -66,7 +67,7 @@ def test_long_sequence_in_one_call_equals_window_by_window_with_carried_state(po
 
 
 @pytest.mark.parametrize("use_lstm", [True, False])
-def test_attention_alone_forgets_past_the_window(use_lstm):
+def test_attention_alone_forgets_past_the_window(tiny_lm, use_lstm):
     model = tiny_lm(use_lstm=use_lstm)
     ids = ids_of(WINDOW * 3)
     with torch.no_grad():
@@ -78,7 +79,7 @@ def test_attention_alone_forgets_past_the_window(use_lstm):
             )
 
 
-def test_carried_keys_and_values_reach_into_the_previous_window():
+def test_carried_keys_and_values_reach_into_the_previous_window(tiny_lm):
     model = tiny_lm(use_lstm=False, position_embedding_type="rope")
     ids = ids_of(40)
     with torch.no_grad():
@@ -89,7 +90,7 @@ def test_carried_keys_and_values_reach_into_the_previous_window():
         torch.testing.assert_close(outputs[1].logits, model(ids[:, :16]).logits[:, 8:], atol=1e-5, rtol=1e-5)
 
 
-def test_score_document_matches_summed_window_losses_and_keeps_memory_constant():
+def test_score_document_matches_summed_window_losses_and_keeps_memory_constant(tiny_lm):
     model = tiny_lm()
     ids = ids_of(WINDOW * 16, batch=1)
     with torch.no_grad():
@@ -104,7 +105,7 @@ def test_score_document_matches_summed_window_losses_and_keeps_memory_constant()
 
 
 @pytest.mark.parametrize(("bptt_windows", "reaches_back"), [(None, True), (2, True), (1, False)])
-def test_truncated_bptt_cuts_gradients_at_the_set_number_of_windows(bptt_windows, reaches_back):
+def test_truncated_bptt_cuts_gradients_at_the_set_number_of_windows(tiny_lm, bptt_windows, reaches_back):
     model = tiny_lm().train()
     ids = ids_of(WINDOW * 2, batch=1)
     labels = ids.clone()
@@ -120,7 +121,7 @@ def test_truncated_bptt_cuts_gradients_at_the_set_number_of_windows(bptt_windows
     assert (first_window_grad is not None and first_window_grad.abs().sum() > 0) == reaches_back
 
 
-def test_generate_past_the_window():
+def test_generate_past_the_window(tiny_lm):
     model = tiny_lm()
     prompt = ids_of(5, batch=1)
     kwargs = dict(do_sample=False, pad_token_id=0, min_new_tokens=60)
@@ -130,7 +131,7 @@ def test_generate_past_the_window():
     assert torch.equal(first[:, :5], prompt)
 
 
-def test_recurrent_trainer_trains_on_sequences_longer_than_the_window(tmp_path):
+def test_recurrent_trainer_trains_on_sequences_longer_than_the_window(tiny_lm, tmp_path):
     from datasets import Dataset
     from transformers import TrainingArguments
 
@@ -147,7 +148,7 @@ def test_recurrent_trainer_trains_on_sequences_longer_than_the_window(tmp_path):
     assert len(losses) == 6 and losses[-1] < losses[0]
 
 
-def test_bad_window_arguments_are_refused():
+def test_bad_window_arguments_are_refused(tiny_lm):
     model = tiny_lm()
     with pytest.raises(ValueError, match="carry_kv"):
         next(windowed_forward(model, ids_of(20), carry_kv=WINDOW))
@@ -155,7 +156,7 @@ def test_bad_window_arguments_are_refused():
         next(windowed_forward(model, ids_of(20), window=WINDOW * 2))
 
 
-def test_chrono_init_sets_gate_biases_for_long_memories():
+def test_chrono_init_sets_gate_biases_for_long_memories(tiny_lm):
     model = tiny_lm(lstm_num_layers=2)
     chrono_init_(model, 300, seed=0)
     lstm = model.model.memory.lstm
@@ -172,7 +173,7 @@ def test_chrono_init_sets_gate_biases_for_long_memories():
         chrono_init_(model, 2)
 
 
-def test_shrink_window_keeps_the_first_positions():
+def test_shrink_window_keeps_the_first_positions(tiny_lm):
     model = tiny_lm()
     ids = ids_of(8)
     before = model(ids).logits
@@ -186,17 +187,6 @@ def test_shrink_window_keeps_the_first_positions():
 # --- classification read window by window --------------------------------------------------------------
 
 
-def tiny_classifier(**overrides):
-    from llm_memory import MemoryTransformerForSequenceClassification
-
-    torch.manual_seed(0)
-    values = dict(
-        vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=WINDOW, num_labels=2, pad_token_id=0,
-    )  # fmt: skip
-    return MemoryTransformerForSequenceClassification(MemoryTransformerConfig(**(values | overrides))).eval()
-
-
 def left_padded(sequences):
     width = max(len(s) for s in sequences)
     ids = torch.zeros(len(sequences), width, dtype=torch.long)
@@ -206,7 +196,7 @@ def left_padded(sequences):
     return ids, mask
 
 
-def test_windowed_classification_of_a_batch_equals_each_text_alone():
+def test_windowed_classification_of_a_batch_equals_each_text_alone(tiny_classifier):
     model = tiny_classifier()
     # One window short, several windows, a window and a bit: rows that are all padding in early windows.
     sequences = [ids_of(n, batch=1, seed=n)[0] for n in (5, WINDOW * 3 + 2, WINDOW + 1)]
@@ -218,7 +208,7 @@ def test_windowed_classification_of_a_batch_equals_each_text_alone():
             torch.testing.assert_close(batched[row], alone[0], atol=1e-5, rtol=1e-5)
 
 
-def test_windowed_classification_uses_earlier_windows_only_with_the_state():
+def test_windowed_classification_uses_earlier_windows_only_with_the_state(tiny_classifier):
     model = tiny_classifier()
     seq = ids_of(WINDOW * 3, batch=1)
     other = seq.clone()
@@ -232,7 +222,7 @@ def test_windowed_classification_uses_earlier_windows_only_with_the_state():
     torch.testing.assert_close(alone[0], last_window)
 
 
-def test_windowed_classification_gradients_reach_the_first_window_and_stay_finite():
+def test_windowed_classification_gradients_reach_the_first_window_and_stay_finite(tiny_classifier):
     model = tiny_classifier().train()
     ids, mask = left_padded([ids_of(n, batch=1, seed=n)[0] for n in (3, WINDOW * 2 + 3)])
     embeddings = []
@@ -246,13 +236,13 @@ def test_windowed_classification_gradients_reach_the_first_window_and_stay_finit
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_windowed_classification_refuses_right_padding():
+def test_windowed_classification_refuses_right_padding(tiny_classifier):
     model = tiny_classifier()
     with pytest.raises(ValueError, match="left-padded"):
         windowed_classification_logits(model, ids_of(4), torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]))
 
 
-def test_windowed_classification_trainer_trains_and_evaluates_through_the_windows(tmp_path):
+def test_windowed_classification_trainer_trains_and_evaluates_through_the_windows(tiny_classifier, tmp_path):
     from datasets import Dataset
     from transformers import TrainingArguments
 

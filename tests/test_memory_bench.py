@@ -6,40 +6,22 @@ import shutil
 import pytest
 import torch
 
-from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
-from llm_memory.data import IGNORE_INDEX
-from llm_memory.memory import windowed_logits
-from llm_memory.memory_bench import (
-    VARIANTS,
-    main,
-    parse_ranges,
-    run_probe,
-    training_probes,
-    variant_settings,
-    window_guess,
-)
-from llm_memory.probes import Distractors, chance_level, make_probe, review_texts
+from llm_memory import MemoryTransformerForCausalLM
+from llm_memory.memory.benchmark import main, parse_ranges
+from llm_memory.memory.evaluate import VARIANTS, run_probe, variant_settings, window_guess
+from llm_memory.memory.finetune import training_probes
+from llm_memory.memory.probes import Distractors, chance_level, make_probe, review_texts
+from llm_memory.memory.recurrence import windowed_logits
+from llm_memory.memory.report import accuracy_figure
+from llm_memory.training.data import IGNORE_INDEX
 
 WINDOW = 64
 
 
-def tiny_model(vocab_size: int) -> MemoryTransformerForCausalLM:
-    torch.manual_seed(0)
-    config = MemoryTransformerConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=WINDOW,
-    )
-    return MemoryTransformerForCausalLM(config).eval()
-
-
 @pytest.fixture(scope="module")
-def model_dir(tokenizer, tmp_path_factory):
+def model_dir(tokenizer, tiny_lm, tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_memory_model")
-    tiny_model(len(tokenizer)).save_pretrained(path)
+    tiny_lm(vocab_size=len(tokenizer)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -50,8 +32,8 @@ def distractors(tokenizer):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_answer_scoring_matches_a_plain_windowed_pass(variant, tokenizer, distractors):
-    model = tiny_model(len(tokenizer))
+def test_answer_scoring_matches_a_plain_windowed_pass(tiny_lm, variant, tokenizer, distractors):
+    model = tiny_lm(vocab_size=len(tokenizer))
     for distance in (30, 150):
         probe = make_probe("qa1", distance, tokenizer, distance, distractors)
         settings = variant_settings(variant, WINDOW)
@@ -66,8 +48,8 @@ def test_answer_scoring_matches_a_plain_windowed_pass(variant, tokenizer, distra
 
 
 @pytest.mark.parametrize("variant", ["attention", "lstm+kv"])
-def test_aligned_fact_is_in_reach_exactly_within_the_last_window(variant, tokenizer, distractors):
-    model = tiny_model(len(tokenizer))
+def test_aligned_fact_is_in_reach_exactly_within_the_last_window(tiny_lm, variant, tokenizer, distractors):
+    model = tiny_lm(vocab_size=len(tokenizer))
     settings = variant_settings(variant, WINDOW)
     for distance in (25, 30, 40, 50, 70):
         probe = make_probe("passkey", distance, tokenizer, 0, distractors, align_to=WINDOW)
@@ -162,8 +144,6 @@ def test_missing_model_folder(tmp_path, capsys):
 
 
 def test_accuracy_figure_keeps_the_window_line_on_the_log_axis():
-    from llm_memory.memory_bench import accuracy_figure
-
     report = {
         "task": "passkey",
         "window": 256,
@@ -227,7 +207,7 @@ def test_shared_fine_tune_with_curriculum_saves_a_model_with_the_bench_window(mo
     # Its model card says how it was made and what it reached.
     card = (tmp_path / "tuned" / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: transformers" in card
-    assert "python -m llm_memory.memory_bench --model" in card and "--share_fine_tune" in card
+    assert "python -m llm_memory.memory --model" in card and "--share_fine_tune" in card
     assert "| variant | 20 | 80* |" in card
 
 
@@ -242,6 +222,7 @@ def test_window_guess_is_certain_in_reach_and_chance_beyond(tokenizer, distracto
     assert chance_level("qa2")["exact"] / 2 < level < 0.6  # other people's moves name places in reach
 
 
+@pytest.mark.slow  # fine-tunes, stops and resumes
 def test_several_tasks_train_one_model_that_resumes_and_carries_its_reports(model_dir, tmp_path, capsys):
     def run(checkpoints, save_dir, results):
         return main(

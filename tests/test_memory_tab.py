@@ -9,35 +9,17 @@ import pytest
 import torch
 from gradio_client import Client
 
-from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
-from llm_memory.memory_tab import (
-    BEYOND_WINDOW,
-    CSS,
-    add_memory_tab,
-    attention_figure,
-    benchmark_curves,
-    fact_attention,
-    model_reports,
-    run_memory_probe,
-    trained_tasks,
-)
-from llm_memory.probes import Distractors, make_probe, review_texts
+from llm_memory.demo.memory_tab import CSS, add_memory_tab, attention_figure, benchmark_curves
+from llm_memory.memory.probes import Distractors, make_probe, review_texts
+from llm_memory.memory.report import model_reports, trained_tasks
+from llm_memory.tasks.memory_probe import BEYOND_WINDOW, fact_attention, run_memory_probe
 
 WINDOW = 64
 
 
 @pytest.fixture(scope="module")
-def model(tokenizer):
-    torch.manual_seed(0)
-    config = MemoryTransformerConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=WINDOW,
-    )
-    return MemoryTransformerForCausalLM(config).eval()
+def model(tokenizer, tiny_lm):
+    return tiny_lm(vocab_size=len(tokenizer))
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +111,7 @@ def kv_report(train_steps: int = 2) -> dict:
     }
 
 
+@pytest.mark.slow  # serves the tab
 def test_memory_tab_end_to_end(model, tokenizer, texts, tmp_path):
     # A model folder that carries its kv report: trained for kv, and its curve is the one shown.
     trained = tmp_path / "trained"

@@ -35,31 +35,13 @@ pytestmark = pytest.mark.filterwarnings("error::FutureWarning")
 POSITION_TYPES = ("learned", "sinusoidal", "rope")
 
 
-def tiny_config(**overrides) -> MemoryTransformerConfig:
-    values = dict(
-        vocab_size=97,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    values.update(overrides)
-    return MemoryTransformerConfig(**values)
-
-
-def tiny_lm(seed=0, **overrides) -> MemoryTransformerForCausalLM:
-    torch.manual_seed(seed)
-    return MemoryTransformerForCausalLM(tiny_config(**overrides)).eval()
-
-
 def random_ids(batch, length, seed=1, low=5, high=97):
     return torch.randint(low, high, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("use_lstm", [False, True])
 @pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
-def test_incremental_decoding_equals_full_forward(use_lstm, position_embedding_type):
+def test_incremental_decoding_equals_full_forward(tiny_lm, use_lstm, position_embedding_type):
     model = tiny_lm(use_lstm=use_lstm, position_embedding_type=position_embedding_type)
     ids = random_ids(2, 12)
     with torch.no_grad():
@@ -80,7 +62,7 @@ def test_incremental_decoding_equals_full_forward(use_lstm, position_embedding_t
     ],
     ids=["greedy", "sampling", "beam"],
 )
-def test_generate_same_with_and_without_cache(use_lstm, generation):
+def test_generate_same_with_and_without_cache(tiny_lm, use_lstm, generation):
     model = tiny_lm(use_lstm=use_lstm)
     prompt = random_ids(2, 6)
     outputs = []
@@ -104,7 +86,7 @@ def test_generate_same_with_and_without_cache(use_lstm, generation):
 @pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
 @pytest.mark.parametrize("assistance", ["assistant_model", "prompt_lookup"])
 def test_assisted_decoding_equals_greedy_without_the_lstm_and_is_refused_with_it(
-    position_embedding_type, assistance
+    tiny_lm, position_embedding_type, assistance
 ):
     prompt = torch.cat([random_ids(1, 6, seed=7)] * 3, dim=1)  # repeats, for prompt lookup to find
     kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=10, do_sample=False, pad_token_id=0)
@@ -129,7 +111,7 @@ def test_assisted_decoding_equals_greedy_without_the_lstm_and_is_refused_with_it
 
 
 @pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
-def test_a_packed_row_gives_the_logits_of_its_sequences_padded(position_embedding_type):
+def test_a_packed_row_gives_the_logits_of_its_sequences_padded(tiny_lm, position_embedding_type):
     """Padding-free batches (DataCollatorWithFlattening): position ids restart at each sequence, and
     attention and the LSTM state both start afresh there."""
     from transformers import DataCollatorWithFlattening
@@ -165,7 +147,7 @@ def test_a_packed_row_gives_the_logits_of_its_sequences_padded(position_embeddin
         torch.testing.assert_close(packed_grad, padded_grad, atol=1e-5, rtol=1e-4)
 
 
-def test_beam_search_reorders_lstm_state():
+def test_beam_search_reorders_lstm_state(tiny_lm):
     """Beams that swap places must take their LSTM state with them: cached beams equal uncached ones."""
     model = tiny_lm(use_lstm=True, seed=3)
     prompt = random_ids(1, 5, seed=4)
@@ -181,7 +163,7 @@ def test_beam_search_reorders_lstm_state():
 
 
 @pytest.mark.parametrize("use_lstm", [False, True])
-def test_eager_and_sdpa_logits_equal(use_lstm):
+def test_eager_and_sdpa_logits_equal(tiny_lm, use_lstm):
     model = tiny_lm(use_lstm=use_lstm)
     ids = random_ids(3, 16)
     mask = torch.ones_like(ids)
@@ -195,7 +177,7 @@ def test_eager_and_sdpa_logits_equal(use_lstm):
     torch.testing.assert_close(sdpa[real], eager[real], atol=1e-5, rtol=1e-5)
 
 
-def test_output_attentions_on_every_backend():
+def test_output_attentions_on_every_backend(tiny_lm):
     model = tiny_lm()
     ids = random_ids(2, 9)
     with torch.no_grad():
@@ -218,7 +200,7 @@ def test_output_attentions_on_every_backend():
 @pytest.mark.parametrize("use_cache", [True, False])
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
-def test_padded_batch_equals_each_sequence_alone(padding_side, position_embedding_type, use_cache):
+def test_padded_batch_equals_each_sequence_alone(tiny_lm, padding_side, position_embedding_type, use_cache):
     model = tiny_lm(use_lstm=True, position_embedding_type=position_embedding_type)
     lengths = [11, 6, 3]
     sequences = [random_ids(1, n, seed=n)[0] for n in lengths]
@@ -235,7 +217,7 @@ def test_padded_batch_equals_each_sequence_alone(padding_side, position_embeddin
             torch.testing.assert_close(batched[row][mask[row].bool()], alone, atol=1e-5, rtol=1e-5)
 
 
-def test_left_padded_batch_generation_equals_each_prompt_alone():
+def test_left_padded_batch_generation_equals_each_prompt_alone(tiny_lm):
     model = tiny_lm(use_lstm=True)
     prompts = [random_ids(1, 8, seed=8)[0], random_ids(1, 3, seed=3)[0]]
     ids = torch.zeros(2, 8, dtype=torch.long)
@@ -250,7 +232,7 @@ def test_left_padded_batch_generation_equals_each_prompt_alone():
 
 
 @pytest.mark.parametrize("use_lstm", [False, True])
-def test_static_cache_generation_equals_dynamic(use_lstm):
+def test_static_cache_generation_equals_dynamic(tiny_lm, use_lstm):
     """generate(cache_implementation="static") preallocates the keys and values; with left padding and
     the LSTM state in the cache it makes the same tokens as the default cache."""
     model = tiny_lm(use_lstm=use_lstm)
@@ -263,7 +245,7 @@ def test_static_cache_generation_equals_dynamic(use_lstm):
     assert torch.equal(static, dynamic)
 
 
-def test_long_text_scored_window_by_window_with_carried_state_equals_one_call():
+def test_long_text_scored_window_by_window_with_carried_state_equals_one_call(tiny_lm):
     """Carrying the cache chunk by chunk (keys, values and LSTM state) equals one forward pass."""
     model = tiny_lm(use_lstm=True)
     ids = random_ids(2, 40)
@@ -276,19 +258,19 @@ def test_long_text_scored_window_by_window_with_carried_state_equals_one_call():
     torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
-def test_cache_without_lstm_slot_is_refused():
+def test_cache_without_lstm_slot_is_refused(tiny_lm):
     model = tiny_lm(use_lstm=True)
     with pytest.raises(ValueError, match="DynamicCache\\(config=model.config\\)"):
         model(random_ids(1, 4), past_key_values=DynamicCache(), use_cache=True)
 
 
-def test_too_long_input_for_learned_positions_is_refused():
+def test_too_long_input_for_learned_positions_is_refused(tiny_lm):
     model = tiny_lm(position_embedding_type="learned")
     with pytest.raises(ValueError, match="max_position_embeddings=64"):
         model(random_ids(1, 65))
 
 
-def test_matches_gpt2_with_the_same_weights():
+def test_matches_gpt2_with_the_same_weights(tiny_config):
     """With learned positions and no LSTM, the math is GPT-2's (our GELU is its tanh form, fused):
     same logits, same greedy tokens."""
     config = tiny_config(use_lstm=False)
@@ -348,7 +330,7 @@ def test_matches_gpt2_with_the_same_weights():
             torch.testing.assert_close(param.grad, grad.t() if is_conv1d else grad, atol=1e-6, rtol=1e-4)
 
 
-def test_save_and_load_give_identical_logits(tmp_path):
+def test_save_and_load_give_identical_logits(tiny_lm, tmp_path):
     model = tiny_lm(use_lstm=True, position_embedding_type="rope")
     model.save_pretrained(tmp_path)
     files = {p.name for p in tmp_path.iterdir()}
@@ -370,7 +352,7 @@ def test_save_and_load_give_identical_logits(tmp_path):
     assert AutoConfig.from_pretrained(tmp_path).position_embedding_type == "rope"
 
 
-def test_loads_in_bfloat16(tmp_path):
+def test_loads_in_bfloat16(tiny_lm, tmp_path):
     tiny_lm(use_lstm=True).save_pretrained(tmp_path)
     model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
     assert model.dtype == torch.bfloat16
@@ -402,8 +384,9 @@ def newest_transformers_python(tmp_path_factory) -> str:
     return python
 
 
-@pytest.mark.parametrize("transformers_release", ["pinned", "newest"])
-def test_remote_code_load_without_the_package(tmp_path, tokenizer, transformers_release, request):
+# "newest" installs the newest Transformers into a throwaway virtualenv from the package index: slow.
+@pytest.mark.parametrize("transformers_release", ["pinned", pytest.param("newest", marks=pytest.mark.slow)])
+def test_remote_code_load_without_the_package(tiny_lm, tmp_path, tokenizer, transformers_release, request):
     """A saved folder loads with trust_remote_code=True where only torch and transformers are importable,
     under the pinned Transformers and the newest release, with FutureWarnings as errors."""
     python = (
@@ -469,7 +452,7 @@ def test_remote_code_load_without_the_package(tmp_path, tokenizer, transformers_
         assert tuple(int(part) for part in version.split(".")[:2]) >= pinned, version
 
 
-def test_text_generation_and_classification_pipelines(tmp_path, tokenizer):
+def test_text_generation_and_classification_pipelines(tiny_lm, tiny_config, tmp_path, tokenizer):
     lm = tiny_lm(use_lstm=True, vocab_size=len(tokenizer))
     lm.save_pretrained(tmp_path / "lm")
     tokenizer.save_pretrained(tmp_path / "lm")
@@ -490,7 +473,7 @@ def test_text_generation_and_classification_pipelines(tmp_path, tokenizer):
         assert sum(r["score"] for r in result) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_classification_pools_last_real_token_under_padding():
+def test_classification_pools_last_real_token_under_padding(tiny_config):
     torch.manual_seed(0)
     model = MemoryTransformerForSequenceClassification(tiny_config(num_labels=3)).eval()
     short, long = random_ids(1, 4, seed=5)[0], random_ids(1, 9, seed=6)[0]
@@ -509,7 +492,7 @@ def test_classification_pools_last_real_token_under_padding():
         torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_classification_loss_trains():
+def test_classification_loss_trains(tiny_config):
     torch.manual_seed(0)
     model = MemoryTransformerForSequenceClassification(tiny_config(num_labels=2))
     ids = random_ids(8, 10)
@@ -525,7 +508,7 @@ def test_classification_loss_trains():
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_causal_lm_loss_is_shifted_cross_entropy():
+def test_causal_lm_loss_is_shifted_cross_entropy(tiny_lm):
     model = tiny_lm()
     ids = random_ids(2, 10)
     out = model(ids, labels=ids)
@@ -533,7 +516,7 @@ def test_causal_lm_loss_is_shifted_cross_entropy():
     torch.testing.assert_close(out.loss, expected)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_lm):
     model = tiny_lm(use_lstm=True).train()
     ids = random_ids(2, 12)
     model(ids, labels=ids).loss.backward()
@@ -546,7 +529,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(param.grad, plain[name], msg=name)
 
 
-def test_resize_token_embeddings_keeps_weights_tied():
+def test_resize_token_embeddings_keeps_weights_tied(tiny_lm):
     model = tiny_lm()
     model.resize_token_embeddings(120)
     assert model.config.vocab_size == 120
@@ -555,7 +538,7 @@ def test_resize_token_embeddings_keeps_weights_tied():
     assert model(random_ids(1, 5, high=120)).logits.shape == (1, 5, 120)
 
 
-def test_auto_classes_are_registered():
+def test_auto_classes_are_registered(tiny_config):
     config = tiny_config()
     assert isinstance(AutoConfig.for_model("memory_transformer"), MemoryTransformerConfig)
     assert isinstance(AutoModelForCausalLM.from_config(config), MemoryTransformerForCausalLM)
@@ -587,12 +570,12 @@ def test_auto_classes_are_registered():
         ),
     ],
 )
-def test_config_errors_name_the_field(overrides, message):
+def test_config_errors_name_the_field(tiny_config, overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_config(**overrides)
 
 
-def test_config_round_trips(tmp_path):
+def test_config_round_trips(tiny_config, tmp_path):
     config = tiny_config(use_lstm=False, position_embedding_type="sinusoidal", lstm_num_layers=2)
     config.save_pretrained(tmp_path)
     loaded = MemoryTransformerConfig.from_pretrained(tmp_path)
@@ -601,7 +584,7 @@ def test_config_round_trips(tmp_path):
     assert loaded.layer_types == ["full_attention", "full_attention"]
 
 
-def test_two_layer_lstm_decodes_step_by_step_like_the_full_pass():
+def test_two_layer_lstm_decodes_step_by_step_like_the_full_pass(tiny_lm):
     model = tiny_lm(lstm_num_layers=2)
     ids = random_ids(2, 9)
     with torch.no_grad():
@@ -611,7 +594,7 @@ def test_two_layer_lstm_decodes_step_by_step_like_the_full_pass():
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
-def test_residual_projections_get_gpt2_scaled_init():
+def test_residual_projections_get_gpt2_scaled_init(tiny_config):
     torch.manual_seed(0)
     config = tiny_config(hidden_size=64, intermediate_size=256, num_hidden_layers=4)
     model = MemoryTransformerForCausalLM(config)
@@ -626,7 +609,7 @@ def test_residual_projections_get_gpt2_scaled_init():
 
 @pytest.mark.parametrize("use_lstm", [False, True])
 @pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
-def test_torch_export_with_a_padding_mask_gives_the_eager_logits(position_embedding_type, use_lstm):
+def test_torch_export_with_a_padding_mask_gives_the_eager_logits(tiny_lm, position_embedding_type, use_lstm):
     model = tiny_lm(use_lstm=use_lstm, position_embedding_type=position_embedding_type)
     ids = random_ids(3, 9)
     mask = torch.ones_like(ids)
@@ -640,7 +623,7 @@ def test_torch_export_with_a_padding_mask_gives_the_eager_logits(position_embedd
     torch.testing.assert_close(traced[real], eager[real], atol=1e-5, rtol=1e-5)
 
 
-def test_the_lstms_traced_path_equals_its_packed_path():
+def test_the_lstms_traced_path_equals_its_packed_path(tiny_lm):
     memory = tiny_lm(use_lstm=True).model.memory
     x = torch.randn(3, 7, memory.lstm.input_size)
     mask = torch.tensor(

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_memory import model_code
+from llm_memory.hub import model_code
 
 CHECKPOINTS = sorted(
     path.parent for path in (Path(__file__).resolve().parent.parent / "checkpoints").glob("*/config.json")
@@ -16,7 +16,7 @@ CHECKPOINTS = sorted(
 def test_embedded_checkpoints_ship_the_package_code(folder):
     assert model_code.stale_files(folder) == [], (
         f"{folder.name} ships code that differs from the package's; run "
-        f"`python -m llm_memory.model_code checkpoints/*`"
+        f"`python -m llm_memory.hub.model_code checkpoints/*`"
     )
 
 

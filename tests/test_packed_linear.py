@@ -3,11 +3,13 @@ the plain path wherever a gradient is needed."""
 
 import pytest
 import torch
-from test_model import tiny_lm
 from torch import nn
 
-from llm_memory import MemoryTransformerForCausalLM, packed_linear
-from llm_memory.packed_linear import PackedLinear, pack_linears
+from llm_memory import MemoryTransformerForCausalLM
+from llm_memory.serving import packed_linear
+from llm_memory.serving.models import load_models
+from llm_memory.serving.packed_linear import PackedLinear, pack_linears
+from llm_memory.serving.settings import ServeSettings
 
 
 def test_onednn_is_there_on_this_platform():
@@ -74,7 +76,7 @@ def test_bf16_inputs_take_the_plain_path():
         assert torch.equal(packed(inputs), linear(inputs))
 
 
-def test_a_packed_model_gives_the_same_logits_keeps_its_state_dict_and_saves(tmp_path):
+def test_a_packed_model_gives_the_same_logits_keeps_its_state_dict_and_saves(tiny_lm, tmp_path):
     model = tiny_lm()
     plain = tiny_lm()
     keys_before = list(model.state_dict())
@@ -91,14 +93,14 @@ def test_a_packed_model_gives_the_same_logits_keeps_its_state_dict_and_saves(tmp
         torch.testing.assert_close(reloaded(input_ids).logits, plain(input_ids).logits)
 
 
-def test_the_switch_turns_packing_off(monkeypatch):
+def test_the_switch_turns_packing_off(monkeypatch, tiny_checkpoints):
     monkeypatch.setenv("LLM_MEMORY_PACKED_LINEAR", "0")
-    model = tiny_lm()
-    assert pack_linears(model) == 0
-    assert any(type(m) is nn.Linear for m in model.modules())
+    models = load_models(tiny_checkpoints["model"], settings=ServeSettings.from_env())
+    assert not any(isinstance(m, PackedLinear) for m in models.lm.modules())
+    assert any(type(m) is nn.Linear for m in models.lm.modules())
 
 
-def test_a_kernel_that_fails_its_check_leaves_the_model_plain(monkeypatch):
+def test_a_kernel_that_fails_its_check_leaves_the_model_plain(tiny_lm, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no such kernel on this CPU")
 

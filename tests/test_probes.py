@@ -7,8 +7,7 @@ import pytest
 import torch
 from transformers import default_data_collator
 
-from llm_memory.data import IGNORE_INDEX
-from llm_memory.probes import (
+from llm_memory.memory.probes import (
     KV_PAIRS,
     QA1_PEOPLE,
     QA2_OBJECTS,
@@ -20,6 +19,7 @@ from llm_memory.probes import (
     make_probe_dataset,
     review_texts,
 )
+from llm_memory.training.data import IGNORE_INDEX
 
 # Window of the tiny test models is 64 tokens; 300 and 1000 lie far beyond it.
 DISTANCES = (40, 300, 1000)

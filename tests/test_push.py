@@ -7,9 +7,9 @@ from llm_memory import (
     MemoryTransformerConfig,
     MemoryTransformerForCausalLM,
     MemoryTransformerForSequenceClassification,
-    push,
 )
-from llm_memory.model_card import ModelCardInfo, build_model_card
+from llm_memory.hub import model_code, push
+from llm_memory.hub.model_card import ModelCardInfo, build_model_card
 
 CONFIG = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
 
@@ -22,7 +22,7 @@ def write_folder(folder, tokenizer, model_class=MemoryTransformerForCausalLM, ta
         model_name="tiny",
         task=task,
         metrics={"eval_perplexity": 12.0, "eval_accuracy": 0.5, "eval_f1": 0.5},
-        command="python -m llm_memory.train --preset configs/tiny.json",
+        command="python -m llm_memory.training --preset tiny",
         dataset_name="local files (train.txt)",
         dataset_type="local",
         dataset_description="Local files: train.txt",
@@ -95,3 +95,24 @@ def test_a_missing_folder_or_card_metadata_is_refused(model_folder, tmp_path, hu
     assert push.main(["--folder", str(model_folder), "--repo_id", "someone/tiny"]) == 1
     assert "no YAML metadata" in capsys.readouterr().err
     assert hub_calls == []
+
+
+@pytest.mark.parametrize("change", ["edited", "missing"], ids=["edited model code", "missing model code"])
+def test_a_folder_whose_model_code_differs_from_the_package_is_not_uploaded(
+    change, model_folder, hub_calls, capsys
+):
+    code = model_folder / "modeling_memory_transformer.py"
+    if change == "edited":
+        code.write_text(code.read_text() + "\n# an older or edited copy\n")
+    else:
+        code.unlink()
+    assert push.main(["--folder", str(model_folder), "--repo_id", "someone/tiny"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "modeling_memory_transformer.py" in err
+    if change == "edited":
+        assert "differs from the package's" in err and "python -m llm_memory.hub.model_code" in err
+    assert hub_calls == []
+    if change == "edited":  # refreshed, the folder goes up
+        model_code.refresh(model_folder)
+        assert push.main(["--folder", str(model_folder), "--repo_id", "someone/tiny"]) == 0
+        assert [call[0] for call in hub_calls] == ["create_repo", "upload_folder"]

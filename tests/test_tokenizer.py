@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from llm_memory.tokenization import (
+from llm_memory.training.tokenization import (
     BOS_TOKEN,
     EOS_TOKEN,
     MIN_VOCAB_SIZE,

@@ -9,7 +9,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,10 +26,25 @@ from transformers import (
     TrainerCallback,
 )
 
-from llm_memory import MemoryTransformerForCausalLM, data, push, train, training_log
+from llm_memory import MemoryTransformerForCausalLM
+from llm_memory.hub import push
+from llm_memory.training import data, prepare, training_log
+from llm_memory.training.arguments import parse_args
+from llm_memory.training.callbacks import ThroughputCallback, device_peak_flops
+from llm_memory.training.checkpoints import (
+    checkpoint_is_complete,
+    last_complete_checkpoint,
+    move_into_place,
+    staging_dir,
+)
+from llm_memory.training.metrics import generate_summaries, rouge_scores
+from llm_memory.training.model import build_model
+from llm_memory.training.prepare import data_collator, encode_labels, prepare_data
+from llm_memory.training.run import main as training_main
+from llm_memory.training.run import run as training_run
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = str(ROOT / "configs" / "tiny.json")
+TINY = str(ROOT / "llm_memory" / "training" / "presets" / "tiny.json")
 # Each run is small enough that one thread is fastest; more only fight over the two cores.
 QUIET = ["--disable_tqdm", "true"]
 
@@ -77,7 +91,7 @@ def assert_no_model(folder) -> None:
     folder = Path(folder)
     assert not (folder / "config.json").exists()
     assert not (folder / "model.safetensors").exists()
-    assert not train.staging_dir(str(folder)).exists()
+    assert not staging_dir(str(folder)).exists()
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +141,7 @@ def lm_folder(tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("runs") / "tiny-lm"
-    assert train.main(tiny(folder)) == 0
+    assert training_main(tiny(folder)) == 0
     torch.set_num_threads(threads)
     return folder
 
@@ -152,7 +166,7 @@ def test_lm_run_writes_a_complete_hub_folder(lm_folder):
         assert (lm_folder / name).is_file(), name
     assert not (lm_folder / "training_args.bin").exists()
     assert not list(lm_folder.glob("checkpoint-*"))  # the model's repository, not the run's checkpoints
-    assert not train.staging_dir(str(lm_folder)).exists()
+    assert not staging_dir(str(lm_folder)).exists()
     push.check_folder(lm_folder)  # ready to upload
 
     model = AutoModelForCausalLM.from_pretrained(lm_folder)
@@ -172,7 +186,7 @@ def test_lm_run_writes_a_complete_hub_folder(lm_folder):
     for line in ("license: apache-2.0", "library_name: transformers", "pipeline_tag: text-generation"):
         assert line in meta
     assert "stanfordnlp/imdb" in meta and "model-index" in meta and "type: perplexity" in meta
-    assert f"python -m llm_memory.train --preset {TINY}" in (lm_folder / "README.md").read_text()
+    assert f"python -m llm_memory.training --preset {TINY}" in (lm_folder / "README.md").read_text()
 
     history = json.loads((lm_folder / "trainer_state.json").read_text())["log_history"]
     train_logs = [entry for entry in history if "loss" in entry]
@@ -182,16 +196,18 @@ def test_lm_run_writes_a_complete_hub_folder(lm_folder):
 
 
 def test_classification_from_an_lm_checkpoint_keeps_the_body(lm_folder, tmp_path):
-    args = train.parse_args(tiny(tmp_path / "cls", "--task", "classification", "--init_from", str(lm_folder)))
+    args = parse_args(tiny(tmp_path / "cls", "--task", "classification", "--init_from", str(lm_folder)))
     tokenizer = AutoTokenizer.from_pretrained(lm_folder)
-    classifier = train.build_model(args, tokenizer, ["negative", "positive"])
+    classifier = build_model(args, tokenizer, ["negative", "positive"])
     lm = AutoModelForCausalLM.from_pretrained(lm_folder)
     lm_body = lm.model.state_dict()
     for name, tensor in classifier.model.state_dict().items():
         torch.testing.assert_close(tensor, lm_body[name], rtol=0, atol=0, msg=name)
     assert classifier.score.out_features == 2 and not hasattr(classifier, "lm_head")
 
-    assert train.main(tiny(tmp_path / "cls", "--task", "classification", "--init_from", str(lm_folder))) == 0
+    assert (
+        training_main(tiny(tmp_path / "cls", "--task", "classification", "--init_from", str(lm_folder))) == 0
+    )
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "cls")
     assert model.config.id2label == {0: "negative", 1: "positive"}
     metrics = results(tmp_path / "cls")
@@ -207,17 +223,17 @@ def test_classification_from_an_lm_checkpoint_keeps_the_body(lm_folder, tmp_path
 
 def test_classification_reads_texts_window_by_window_with_memory_windows(lm_folder, tmp_path):
     flags = ["--task", "classification", "--init_from", str(lm_folder), "--memory_windows", "3"]
-    assert train.main(tiny(tmp_path / "cls", *flags, "--block_size", "16")) == 0
+    assert training_main(tiny(tmp_path / "cls", *flags, "--block_size", "16")) == 0
     metrics = results(tmp_path / "cls")
     assert 0 <= metrics["eval_accuracy"] <= 1 and math.isfinite(metrics["eval_loss"])
     assert metrics["eval_temperature"] > 0  # calibrated on windowed readings
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "cls")
     # Training read up to 3 windows of 16 tokens, left-padded: the collator and the trainer saw them.
-    args = train.parse_args(tiny(tmp_path / "x", *flags, "--block_size", "16"))
-    prepared = train.prepare_data(args, None)
+    args = parse_args(tiny(tmp_path / "x", *flags, "--block_size", "16"))
+    prepared = prepare_data(args, None)
     lengths = [len(ids) for ids in prepared.encoded["train"]["input_ids"]]
     assert max(lengths) == 48 > 16
-    batch = train.data_collator("classification", prepared.tokenizer, 3)(
+    batch = data_collator("classification", prepared.tokenizer, 3)(
         [prepared.encoded["train"][i] for i in range(4)]
     )
     assert bool(batch["attention_mask"][:, -1].all())  # left-padded: every row ends in the last column
@@ -225,7 +241,9 @@ def test_classification_reads_texts_window_by_window_with_memory_windows(lm_fold
 
 
 def test_summarization_scores_greedy_summaries_with_rouge(tmp_path):
-    assert train.main(tiny(tmp_path / "sum", "--task", "summarization", "--dataset_name", "docstrings")) == 0
+    assert (
+        training_main(tiny(tmp_path / "sum", "--task", "summarization", "--dataset_name", "docstrings")) == 0
+    )
     metrics = results(tmp_path / "sum")
     for kind in ("rouge1", "rouge2", "rougeL"):
         assert 0 <= metrics[f"eval_{kind}"] <= 100
@@ -238,7 +256,7 @@ def test_summarization_scores_greedy_summaries_with_rouge(tmp_path):
 def test_summarization_from_a_sampling_lm_saves_a_greedy_generation_config(lm_folder, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(lm_folder).generation_config.do_sample  # the LM samples
     flags = ["--task", "summarization", "--dataset_name", "docstrings", "--init_from", str(lm_folder)]
-    assert train.main(tiny(tmp_path / "sum", *flags)) == 0
+    assert training_main(tiny(tmp_path / "sum", *flags)) == 0
     config = AutoModelForCausalLM.from_pretrained(tmp_path / "sum").generation_config
     assert not config.do_sample and config.max_new_tokens == 8
     assert config.temperature in (None, 1.0) and config.top_p in (None, 1.0)
@@ -248,20 +266,20 @@ def test_generate_summaries_continues_after_the_separator(lm_folder):
     model = AutoModelForCausalLM.from_pretrained(lm_folder)
     tokenizer = AutoTokenizer.from_pretrained(lm_folder)
     documents = ["A short document.", "A much longer document " * 30]
-    summaries = train.generate_summaries(model, tokenizer, documents, max_new_tokens=4, block_size=32)
+    summaries = generate_summaries(model, tokenizer, documents, max_new_tokens=4, block_size=32)
     assert len(summaries) == 2 and all(isinstance(s, str) for s in summaries)
     # Batched with left padding = one at a time.
-    alone = [train.generate_summaries(model, tokenizer, [d], 4, 32)[0] for d in documents]
+    alone = [generate_summaries(model, tokenizer, [d], 4, 32)[0] for d in documents]
     assert summaries == alone
 
 
 def test_rouge_scores():
-    assert train.rouge_scores(["the cat sat"], ["the cat sat"]) == {
+    assert rouge_scores(["the cat sat"], ["the cat sat"]) == {
         "rouge1": 100.0,
         "rouge2": 100.0,
         "rougeL": 100.0,
     }
-    assert train.rouge_scores(["dogs run"], ["the cat sat"])["rouge1"] == 0.0
+    assert rouge_scores(["dogs run"], ["the cat sat"])["rouge1"] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -271,7 +289,7 @@ def test_rouge_scores():
 
 def test_lm_on_local_text_files(text_files, tmp_path):
     files = ["--train_file", str(text_files["train_txt"]), "--validation_file", str(text_files["valid_txt"])]
-    assert train.main(tiny(tmp_path / "txt", *files)) == 0
+    assert training_main(tiny(tmp_path / "txt", *files)) == 0
     assert "eval_perplexity" in results(tmp_path / "txt")
     assert "local files (train.txt, valid.txt)" in card_metadata(tmp_path / "txt")
 
@@ -291,22 +309,22 @@ def test_classification_on_a_local_csv_with_named_columns(text_files, tmp_path):
         "--truncation_side",
         "left",
     ]
-    assert train.main(tiny(tmp_path / "csv", *flags)) == 0
+    assert training_main(tiny(tmp_path / "csv", *flags)) == 0
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "csv")
     assert model.config.id2label == {0: "bad", 1: "good"}
     assert "eval_f1" in results(tmp_path / "csv")
     # The model reads the ends of long texts, and so will a pipeline that loads its tokenizer.
     assert AutoTokenizer.from_pretrained(tmp_path / "csv").truncation_side == "left"
     with pytest.raises(SystemExit):
-        train.parse_args(tiny(tmp_path / "bad", "--truncation_side", "middle"))
+        parse_args(tiny(tmp_path / "bad", "--truncation_side", "middle"))
 
 
 def test_command_line_overrides_the_preset(tmp_path):
-    args = train.parse_args(["--preset", "tiny", "--hidden_size", "48", "--learning_rate", "0.5"])
+    args = parse_args(["--preset", "tiny", "--hidden_size", "48", "--learning_rate", "0.5"])
     assert args.model.hidden_size == 48 and args.training.learning_rate == 0.5
     assert args.model.num_hidden_layers == 2 and args.training.max_steps == 8  # from the preset
     assert args.training.metric_for_best_model == "loss" and args.training.output_dir == "runs/lm"
-    cls = train.parse_args(["--preset", TINY, "--task", "classification"])
+    cls = parse_args(["--preset", TINY, "--task", "classification"])
     assert cls.training.metric_for_best_model == "f1" and cls.training.greater_is_better
 
 
@@ -315,13 +333,13 @@ def test_encode_labels_gives_every_split_the_same_ids():
         train=datasets.Dataset.from_dict({"label": ["pos", "neg", "mixed", "pos"]}),
         validation=datasets.Dataset.from_dict({"label": ["pos", "mixed"]}),
     )
-    encoded, names = train.encode_labels(raw, "label")
+    encoded, names = encode_labels(raw, "label")
     assert names == ["mixed", "neg", "pos"]
     assert list(encoded["train"]["label"]) == [2, 1, 0, 2] and list(encoded["validation"]["label"]) == [2, 0]
     # A class seen only in validation cannot be learned: it is refused, not added.
     raw["validation"] = datasets.Dataset.from_dict({"label": ["pos", "sarcastic"]})
     with pytest.raises(data.DataError, match="'sarcastic' in 'label' never appear in the training split"):
-        train.encode_labels(raw, "label")
+        encode_labels(raw, "label")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -344,18 +362,19 @@ class InterruptAfterSave(TrainerCallback):
             raise Interrupted
 
 
+@pytest.mark.slow  # interrupts a run and resumes it
 def test_resumed_run_logs_the_same_losses_as_an_uninterrupted_one(text_files, tmp_path):
     files = ["--train_file", str(text_files["train_txt"]), "--validation_file", str(text_files["valid_txt"])]
     steps = ["--max_steps", "6", "--save_steps", "3", "--eval_steps", "3", "--logging_steps", "1"]
-    assert train.main(tiny(tmp_path / "whole", *files, *steps)) == 0
+    assert training_main(tiny(tmp_path / "whole", *files, *steps)) == 0
 
     interrupted = tiny(tmp_path / "parts", *files, *steps)
     with pytest.raises(Interrupted):
-        train.run(train.parse_args(interrupted), callbacks=[InterruptAfterSave(3)])
+        training_run(parse_args(interrupted), callbacks=[InterruptAfterSave(3)])
     assert (tmp_path / "parts" / "checkpoint-3").is_dir()
     assert_no_model(tmp_path / "parts")
-    assert train.main(interrupted) == 1  # a fresh run must not mix into the old one
-    assert train.main([*interrupted, "--resume"]) == 0
+    assert training_main(interrupted) == 1  # a fresh run must not mix into the old one
+    assert training_main([*interrupted, "--resume"]) == 0
 
     whole, parts = logged_losses(tmp_path / "whole"), logged_losses(tmp_path / "parts")
     assert sorted(whole) == sorted(parts) == [1, 2, 3, 4, 5, 6]
@@ -379,6 +398,7 @@ def test_resumed_run_logs_the_same_losses_as_an_uninterrupted_one(text_files, tm
         assert float(part_row["eta_seconds"]) >= 0
 
 
+@pytest.mark.slow  # interrupts a run and resumes it
 def test_resume_skips_a_checkpoint_cut_short_by_a_kill_and_a_finished_run_is_left_as_it_is(
     text_files, tmp_path, caplog
 ):
@@ -386,24 +406,25 @@ def test_resume_skips_a_checkpoint_cut_short_by_a_kill_and_a_finished_run_is_lef
     steps = ["--max_steps", "6", "--save_steps", "3", "--eval_steps", "3", "--logging_steps", "1"]
     command = tiny(tmp_path / "run", *files, *steps)
     with pytest.raises(Interrupted):
-        train.run(train.parse_args(command), callbacks=[InterruptAfterSave(3)])
+        training_run(parse_args(command), callbacks=[InterruptAfterSave(3)])
     # A kill while checkpoint-6 was written: its weights are there, its trainer state is cut short.
     shutil.copytree(tmp_path / "run" / "checkpoint-3", tmp_path / "run" / "checkpoint-6")
     state = tmp_path / "run" / "checkpoint-6" / "trainer_state.json"
     state.write_text(state.read_text()[:40])
-    assert not train.checkpoint_is_complete(str(tmp_path / "run" / "checkpoint-6"))
-    assert train.last_complete_checkpoint(str(tmp_path / "run")).endswith("checkpoint-3")
+    assert not checkpoint_is_complete(str(tmp_path / "run" / "checkpoint-6"))
+    assert last_complete_checkpoint(str(tmp_path / "run")).endswith("checkpoint-3")
     with caplog.at_level("WARNING"):
-        assert train.main([*command, "--resume"]) == 0
+        assert training_main([*command, "--resume"]) == 0
     assert "checkpoint-6: it is incomplete" in caplog.text
     assert results(tmp_path / "run")["epoch"] > 0
 
     weights = (tmp_path / "run" / "model.safetensors").read_bytes()
     before = results(tmp_path / "run")
-    assert train.run(train.parse_args([*command, "--resume"])) == before  # finished: nothing to do
+    assert training_run(parse_args([*command, "--resume"])) == before  # finished: nothing to do
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == weights
 
 
+@pytest.mark.slow  # interrupts a run and resumes it
 def test_a_run_killed_while_it_writes_a_checkpoint_resumes_to_the_end(text_files, tmp_path):
     """A real SIGKILL of the training process between a checkpoint's weights and its trainer state."""
     files = ["--train_file", str(text_files["train_txt"]), "--validation_file", str(text_files["valid_txt"])]
@@ -415,7 +436,7 @@ def test_a_run_killed_while_it_writes_a_checkpoint_resumes_to_the_end(text_files
         f"""
         import pathlib, sys, time
         import transformers
-        from llm_memory import train
+        from llm_memory.training import run
 
         save = transformers.Trainer._save_optimizer_and_scheduler
 
@@ -426,7 +447,7 @@ def test_a_run_killed_while_it_writes_a_checkpoint_resumes_to_the_end(text_files
             save(self, output_dir)
 
         transformers.Trainer._save_optimizer_and_scheduler = held
-        sys.exit(train.main({command!r}))
+        sys.exit(run.main({command!r}))
         """
     )
     process = subprocess.Popen(
@@ -442,19 +463,14 @@ def test_a_run_killed_while_it_writes_a_checkpoint_resumes_to_the_end(text_files
     finally:
         process.kill()
     assert (tmp_path / "run" / "checkpoint-6" / "model.safetensors").is_file()
-    assert not train.checkpoint_is_complete(str(tmp_path / "run" / "checkpoint-6"))
-    assert train.main([*command, "--resume"]) == 0
+    assert not checkpoint_is_complete(str(tmp_path / "run" / "checkpoint-6"))
+    assert training_main([*command, "--resume"]) == 0
     assert results(tmp_path / "run")["epoch"] > 0
     assert not list((tmp_path / "run").glob("checkpoint-*"))  # the final folder holds the model only
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_processes_end_with_identical_weights(text_files, tmp_path):
+@pytest.mark.slow  # two training processes under torchrun
+def test_two_processes_end_with_identical_weights(text_files, tmp_path, free_port):
     digests = tmp_path / "digests"
     command = [
         sys.executable,
@@ -467,7 +483,7 @@ def test_two_processes_end_with_identical_weights(text_files, tmp_path):
         "--master_port",
         str(free_port()),
         "-m",
-        "llm_memory.train",
+        "llm_memory.training",
         *tiny(tmp_path / "ddp"),
         "--train_file",
         str(text_files["train_txt"]),
@@ -476,14 +492,16 @@ def test_two_processes_end_with_identical_weights(text_files, tmp_path):
         "--weights_digest_dir",
         str(digests),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rank0, rank1 = (digests / "rank0.sha256").read_text(), (digests / "rank1.sha256").read_text()
     assert rank0 == rank1
     metrics = results(tmp_path / "ddp")
     assert metrics["num_input_tokens_seen"] == 2 * 8 * 4 * 32  # both processes' batches were counted
-    assert "torchrun --nproc_per_node 2 -m llm_memory.train" in (tmp_path / "ddp" / "README.md").read_text()
+    assert (
+        "torchrun --nproc_per_node 2 -m llm_memory.training" in (tmp_path / "ddp" / "README.md").read_text()
+    )
 
 
 def test_model_appears_only_when_complete(tmp_path, monkeypatch):
@@ -498,14 +516,14 @@ def test_model_appears_only_when_complete(tmp_path, monkeypatch):
         moved.append(Path(source).name)
         real_replace(source, target)
 
-    monkeypatch.setattr(train.os, "replace", replace)
-    train.move_into_place(staging, str(tmp_path / "out"))
+    monkeypatch.setattr(os, "replace", replace)
+    move_into_place(staging, str(tmp_path / "out"))
     assert moved[-1] == "config.json" and len(moved) == 4
     assert not staging.exists() and (tmp_path / "out" / "model.safetensors").is_file()
 
 
 def test_throughput_callback_reports_mfu_with_a_known_peak():
-    callback = train.ThroughputCallback(flops_per_token=1e9, peak_flops=1e12, num_processes=2)
+    callback = ThroughputCallback(flops_per_token=1e9, peak_flops=1e12, num_processes=2)
 
     class State:
         num_input_tokens_seen = 0
@@ -523,7 +541,7 @@ def test_throughput_callback_reports_mfu_with_a_known_peak():
     # 2,000 tokens/s over 2 devices at 1 GFLOP each, against 1 TFLOP/s per device.
     assert logs == {"loss": 1.0, "tokens_per_second": 2000.0, "mfu": 1.0}
     assert state.log_history[-1]["mfu"] == 1.0
-    assert train.device_peak_flops(torch.device("cpu")) is None
+    assert device_peak_flops(torch.device("cpu")) is None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -577,10 +595,10 @@ BAD_SETTINGS = {
 def test_bad_settings_stop_with_one_clear_message(case, tmp_path, capsys, monkeypatch):
     flags, message, before_data = BAD_SETTINGS[case]
     if before_data:
-        monkeypatch.setattr(train, "load_raw_dataset", refuse_data)
+        monkeypatch.setattr(prepare, "load_raw_dataset", refuse_data)
     if case == "too little text for a block":
         flags = [*flags, "--dataset_name", "docstrings", "--text_column_name", "summary"]
-    assert train.main(tiny(tmp_path / "out", *flags)) == 1
+    assert training_main(tiny(tmp_path / "out", *flags)) == 1
     assert_stopped_with(capsys, message)
     assert_no_model(tmp_path / "out")
     assert not list((tmp_path).glob("out/checkpoint-*"))
@@ -595,7 +613,7 @@ def test_bad_settings_stop_with_one_clear_message(case, tmp_path, capsys, monkey
 )
 def test_bad_data_files_stop_with_one_clear_message(case, message, text_files, tmp_path, capsys):
     task = ["--task", "classification"] if case == "one_class_csv" else []
-    assert train.main(tiny(tmp_path / "out", "--train_file", str(text_files[case]), *task)) == 1
+    assert training_main(tiny(tmp_path / "out", "--train_file", str(text_files[case]), *task)) == 1
     assert_stopped_with(capsys, message)
     assert_no_model(tmp_path / "out")
 
@@ -640,12 +658,12 @@ def test_a_folder_of_other_files_is_refused_unless_overwrite_is_asked(tmp_path, 
     clone.mkdir()
     (clone / "README.md").write_text("my project\n")
     (clone / "src").mkdir()
-    assert train.main(tiny(clone, "--max_steps", "1")) == 1
+    assert training_main(tiny(clone, "--max_steps", "1")) == 1
     assert_stopped_with(
         capsys, f"--output_dir {str(clone)!r} is not empty and holds no run of this trainer (README.md, src)"
     )
     assert (clone / "README.md").read_text() == "my project\n" and not (clone / "config.json").exists()
-    assert train.main(tiny(clone, "--max_steps", "1", "--overwrite_output_dir")) == 0
+    assert training_main(tiny(clone, "--max_steps", "1", "--overwrite_output_dir")) == 0
     assert (clone / "config.json").is_file()
 
 
@@ -664,7 +682,8 @@ def test_a_run_without_a_logging_interval_still_logs_its_progress(text_files, tm
     ]
     flags = [*small, "--intermediate_size", "32", "--max_position_embeddings", "32", "--max_steps", "60"]
     assert (
-        train.main([*files, *flags, *QUIET, "--use_cpu", "true", "--output_dir", str(tmp_path / "run")]) == 0
+        training_main([*files, *flags, *QUIET, "--use_cpu", "true", "--output_dir", str(tmp_path / "run")])
+        == 0
     )
     history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
     logged = [entry["step"] for entry in history if "loss" in entry]
@@ -673,26 +692,26 @@ def test_a_run_without_a_logging_interval_still_logs_its_progress(text_files, tm
 
 
 @pytest.mark.parametrize("damage", ["truncated", "nan"])
-def test_init_from_a_corrupt_checkpoint_names_its_weights_file(damage, lm_folder, tmp_path, capsys):
-    from test_inference import corrupt_copy
-
+def test_init_from_a_corrupt_checkpoint_names_its_weights_file(
+    damage, lm_folder, corrupt_copy, tmp_path, capsys
+):
     broken = corrupt_copy(lm_folder, tmp_path, damage)
-    assert train.main(tiny(tmp_path / "out", "--init_from", str(broken), "--max_steps", "1")) == 1
+    assert training_main(tiny(tmp_path / "out", "--init_from", str(broken), "--max_steps", "1")) == 1
     message = "is truncated or corrupt" if damage == "truncated" else "holds NaN or infinite values"
     assert_stopped_with(capsys, f"the weights file {str(broken / 'model.safetensors')!r} {message}")
     assert_no_model(tmp_path / "out")
 
 
 def train_main_classification(output_dir, files) -> int:
-    return train.main(tiny(output_dir, "--task", "classification", "--max_steps", "2", *files))
+    return training_main(tiny(output_dir, "--task", "classification", "--max_steps", "2", *files))
 
 
 def test_bad_preset_stops_with_one_clear_message(tmp_path, capsys):
     preset = tmp_path / "preset.json"
     preset.write_text(json.dumps({"_comment": "a typo", "hiden_size": 64}))
-    assert train.main(["--preset", str(preset), "--output_dir", str(tmp_path / "out")]) == 1
+    assert training_main(["--preset", str(preset), "--output_dir", str(tmp_path / "out")]) == 1
     assert_stopped_with(capsys, "unknown flag(s) hiden_size")
-    assert train.main(["--preset", str(tmp_path / "missing.json")]) == 1
+    assert training_main(["--preset", str(tmp_path / "missing.json")]) == 1
     assert_stopped_with(capsys, "does not exist")
 
 
@@ -711,7 +730,7 @@ def test_a_nan_loss_stops_training_without_writing_a_model(text_files, tmp_path,
 
     monkeypatch.setattr(MemoryTransformerForCausalLM, "forward", nan_from_the_third_step)
     files = ["--train_file", str(text_files["train_txt"]), "--validation_file", str(text_files["valid_txt"])]
-    assert train.main(tiny(tmp_path / "out", *files)) == 1
+    assert training_main(tiny(tmp_path / "out", *files)) == 1
     assert_stopped_with(capsys, "the loss became nan at step 3")
     assert len(calls) == 3  # stopped at once
     assert_no_model(tmp_path / "out")

@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from llm_memory import training_log
+from llm_memory.training import training_log
 
 
 def state(step, tokens, max_steps=10, epoch=0.5):

@@ -1,0 +1,314 @@
+"""The training command line: argument dataclasses whose help text is the command line, and presets.
+
+Follows Transformers' ``run_clm.py``: ``HfArgumentParser`` parses these dataclasses together with
+``TrainingArguments``, so every Trainer flag works. A preset is a JSON object of defaults for any flag,
+TrainingArguments' included; flags given on the command line win, and keys starting with ``_`` are
+comments. ``--preset NAME`` takes one of the presets shipped in ``llm_memory/training/presets/``
+(``tiny``, ``small``, ``lm``, ...), ``--preset PATH`` any JSON file.
+"""
+
+import dataclasses
+import importlib.resources
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from llm_memory.modeling.configuration_memory_transformer import MemoryTransformerConfig
+from llm_memory.training.tokenization import MIN_VOCAB_SIZE
+
+# Windows a classified text may span with --memory_windows: 16 x 256 tokens is past 99.9% of IMDB reviews.
+MAX_MEMORY_WINDOWS = 16
+# The metric that picks the best checkpoint (load_best_model_at_end) and drives early stopping.
+BEST_MODEL_METRIC = {"lm": "loss", "classification": "f1", "summarization": "loss"}
+# The presets shipped with the package (package data, so an installed wheel has them too).
+PRESETS = importlib.resources.files("llm_memory.training") / "presets"
+
+
+@dataclasses.dataclass
+class ModelArguments:
+    """The model to train: a new one of the given size, or a checkpoint to fine-tune. The sizes default
+    to the config's own defaults (``MemoryTransformerConfig``), stated once there."""
+
+    init_from: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "A model folder (a checkpoint or a finished run) to fine-tune instead of training from "
+            "scratch; its tokenizer is used too and the size flags below are ignored. For classification "
+            "from a language model, the LM head is dropped, the body kept and a new classifier head added."
+        },
+    )
+    tokenizer_name: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "A tokenizer folder to use. Default: the --init_from folder's, else a byte-level BPE "
+            "trained on the training split with --vocab_size."
+        },
+    )
+    vocab_size: int = dataclasses.field(
+        default=MemoryTransformerConfig.vocab_size,
+        metadata={"help": f"Size of the tokenizer trained when none is given (at least {MIN_VOCAB_SIZE})."},
+    )
+    hidden_size: int = dataclasses.field(
+        default=MemoryTransformerConfig.hidden_size, metadata={"help": "Width of the model."}
+    )
+    num_hidden_layers: int = dataclasses.field(
+        default=MemoryTransformerConfig.num_hidden_layers, metadata={"help": "Number of transformer blocks."}
+    )
+    num_attention_heads: int = dataclasses.field(
+        default=MemoryTransformerConfig.num_attention_heads,
+        metadata={"help": "Attention heads per block; must divide --hidden_size."},
+    )
+    intermediate_size: int = dataclasses.field(
+        default=MemoryTransformerConfig.intermediate_size, metadata={"help": "Width of the MLP."}
+    )
+    max_position_embeddings: int = dataclasses.field(
+        default=MemoryTransformerConfig.max_position_embeddings,
+        metadata={"help": "Attention window in tokens: the longest sequence the model reads."},
+    )
+    position_embedding_type: Literal["learned", "sinusoidal", "rope"] = dataclasses.field(
+        default=MemoryTransformerConfig.position_embedding_type,
+        metadata={"help": "How positions are encoded."},
+    )
+    use_lstm: bool = dataclasses.field(
+        default=MemoryTransformerConfig.use_lstm,
+        metadata={"help": "Add the LSTM memory layer after the transformer blocks."},
+    )
+    lstm_num_layers: int = dataclasses.field(
+        default=MemoryTransformerConfig.lstm_num_layers, metadata={"help": "Layers of the LSTM memory."}
+    )
+    hidden_dropout: float = dataclasses.field(
+        default=MemoryTransformerConfig.hidden_dropout,
+        metadata={"help": "Dropout on embeddings and residual branches."},
+    )
+    attention_dropout: float = dataclasses.field(
+        default=MemoryTransformerConfig.attention_dropout, metadata={"help": "Dropout on attention weights."}
+    )
+    attn_implementation: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Attention kernel: eager, sdpa, flash_attention_2 or flex_attention. Default: sdpa."
+        },
+    )
+
+
+@dataclasses.dataclass
+class DataTrainingArguments:
+    """What to train on, as in run_clm.py, plus the task and its columns."""
+
+    task: Literal["lm", "classification", "summarization"] = dataclasses.field(
+        default="lm",
+        metadata={
+            "help": "lm: next-token prediction on text blocks. classification: a label per text. "
+            "summarization: continue `document <|sep|>` with the summary (loss on the summary only)."
+        },
+    )
+    dataset_name: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "A built-in corpus (movie_reviews, docstrings) or a dataset id for datasets.load_dataset. "
+            "Default when no --train_file is given either: movie_reviews (docstrings for summarization)."
+        },
+    )
+    dataset_config_name: str | None = dataclasses.field(
+        default=None, metadata={"help": "The configuration name of the dataset (datasets.load_dataset)."}
+    )
+    train_file: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "A local training file: .txt (a text per line), .csv, .json(l), .parquet."},
+    )
+    validation_file: str | None = dataclasses.field(
+        default=None, metadata={"help": "A local validation file, same format as --train_file."}
+    )
+    validation_split_percentage: int = dataclasses.field(
+        default=5,
+        metadata={"help": "Percent of train held out for validation when there is no validation split."},
+    )
+    keep_linebreaks: bool = dataclasses.field(
+        default=True, metadata={"help": "Keep line breaks when reading .txt files."}
+    )
+    text_column_name: str = dataclasses.field(
+        default="text", metadata={"help": "Column with the text (lm, classification)."}
+    )
+    label_column_name: str = dataclasses.field(
+        default="label", metadata={"help": "Column with the class: names or integer ids (classification)."}
+    )
+    document_column_name: str = dataclasses.field(
+        default="document", metadata={"help": "Column with the text to summarize (summarization)."}
+    )
+    summary_column_name: str = dataclasses.field(
+        default="summary", metadata={"help": "Column with the reference summary (summarization)."}
+    )
+    block_size: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Tokens per training sequence: the block length (lm) or the length texts are cut to "
+            "(classification, summarization). At most the model's max_position_embeddings, its default."
+        },
+    )
+    truncation_side: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Which end of a text longer than --block_size is cut (classification): right keeps the "
+            "start, left keeps the end. Saved with the tokenizer, so pipelines read texts the same way. "
+            "Default: the tokenizer's own (right for a new one).",
+            "choices": ["right", "left"],
+        },
+    )
+    max_train_samples: int | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Keep only the first N training rows (texts, before tokenizing), for quick runs."},
+    )
+    max_eval_samples: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Keep only the first N validation rows; also caps the summaries generated for ROUGE."
+        },
+    )
+    generation_max_length: int = dataclasses.field(
+        default=64, metadata={"help": "Longest summary generated for the ROUGE evaluation, in tokens."}
+    )
+    memory_windows: int = dataclasses.field(
+        default=1,
+        metadata={
+            "help": "Classification with the LSTM memory: read each text (its last N x --block_size tokens) "
+            "window by window, the LSTM state carried from window to window and trained through, so the "
+            f"label can depend on what earlier windows held. 1 to {MAX_MEMORY_WINDOWS}; 1 (default) reads "
+            "one window."
+        },
+    )
+
+
+@dataclasses.dataclass
+class RunArguments:
+    """How the run is driven: presets, resuming, stopping, reporting."""
+
+    preset: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Defaults for any flag: the name of a shipped preset (e.g. `small`, see "
+            "llm_memory/training/presets/) or a JSON file. Flags on the command line override it."
+        },
+    )
+    resume: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "Continue an interrupted run from the last checkpoint in --output_dir."},
+    )
+    overwrite_output_dir: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an --output_dir that holds a previous run (its checkpoints are deleted)."
+        },
+    )
+    early_stopping_patience: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Stop after this many evaluations without improvement of --metric_for_best_model "
+            "(default per task: loss for lm and summarization, f1 for classification). Needs --eval_strategy."
+        },
+    )
+    peak_flops: float | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Peak FLOP/s of one device, for the model FLOPs utilization (MFU) in the logs. Default: "
+            "the dense bf16 peak of a known GPU (H100/H200 ~989e12, A100 312e12, ...); no MFU otherwise."
+        },
+    )
+    weights_digest_dir: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Each process writes the SHA-256 of its final weights to DIR/rank<N>.sha256, to check "
+            "that distributed replicas agree."
+        },
+    )
+
+
+# Our defaults for TrainingArguments (a preset or the command line still wins): count the input tokens
+# for the throughput log, and keep a NaN loss visible in the logs so that training stops on it.
+TRAINING_DEFAULTS = {"include_num_input_tokens_seen": True, "logging_nan_inf_filter": False}
+
+
+class Arguments(NamedTuple):
+    model: ModelArguments
+    data: DataTrainingArguments
+    run: RunArguments
+    training: TrainingArguments
+    argv: list[str]
+
+
+def make_parser() -> HfArgumentParser:
+    return HfArgumentParser(
+        (ModelArguments, DataTrainingArguments, RunArguments, TrainingArguments),
+        prog="python -m llm_memory.training",
+        description="Train the memory transformer (see the module docstring for examples).",
+    )
+
+
+def preset_names() -> list[str]:
+    """The names of the shipped presets."""
+    return sorted(
+        entry.name.removesuffix(".json") for entry in PRESETS.iterdir() if entry.name.endswith(".json")
+    )
+
+
+def resolve_preset_path(preset: str):
+    """The preset file: ``preset`` itself when it is a file, else the shipped preset of that name."""
+    path = Path(preset)
+    if path.is_file():
+        return path
+    if not path.suffix and (PRESETS / f"{preset}.json").is_file():
+        return PRESETS / f"{preset}.json"
+    names = preset_names()
+    hint = f" (did you mean --preset {path.stem}?)" if path.stem in names else ""
+    raise ValueError(
+        f"The preset file {preset!r} does not exist{hint}; pass a JSON file or the name of a shipped preset "
+        f"({', '.join(names) or 'none'})."
+    )
+
+
+def read_preset(preset: str, parser: HfArgumentParser) -> dict:
+    """The settings of a preset file, checked against the parser's flags; ``_`` keys are comments."""
+    path = resolve_preset_path(preset)
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"The preset {str(path)!r} is not valid JSON: {err}.") from err
+    if not isinstance(settings, dict):
+        raise ValueError(f"The preset {str(path)!r} must hold a JSON object of flag names and values.")
+    flags = {action.dest for action in parser._actions} - {"help", "preset"}
+    settings = {key: value for key, value in settings.items() if not key.startswith("_")}
+    unknown = sorted(set(settings) - flags)
+    if unknown:
+        raise ValueError(
+            f"The preset {str(path)!r} sets unknown flag(s) {', '.join(unknown)}; "
+            "see `python -m llm_memory.training --help` for the flags."
+        )
+    return settings
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Arguments:
+    """Parses the command line on top of the preset's defaults; task-dependent defaults are filled in."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    parser.set_defaults(**TRAINING_DEFAULTS)
+    known, _ = parser.parse_known_args(argv)
+    preset = read_preset(known.preset, parser) if known.preset else {}
+    parser.set_defaults(**preset)
+    task = parser.parse_known_args(argv)[0].task
+    parser.set_defaults(
+        **{
+            key: value
+            for key, value in {
+                "metric_for_best_model": BEST_MODEL_METRIC[task],
+                "output_dir": f"runs/{task}",
+            }.items()
+            if key not in preset
+        }
+    )
+    model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(
+        args=argv, look_for_args_file=False
+    )
+    return Arguments(model_args, data_args, run_args, training_args, argv)
