@@ -334,7 +334,7 @@ def test_save_and_load_give_identical_logits(tiny_lm, tmp_path):
     model = tiny_lm(use_lstm=True, position_embedding_type="rope")
     model.save_pretrained(tmp_path)
     files = {p.name for p in tmp_path.iterdir()}
-    assert {"model.safetensors", "config.json", "modeling_memory_transformer.py"} <= files
+    assert {"model.safetensors", "config.json", "modeling_memory_transformer.py", "lstm_memory.py"} <= files
     assert "configuration_memory_transformer.py" in files
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {
@@ -647,7 +647,7 @@ def compile_config(backend: str):
 
 @pytest.mark.parametrize("use_lstm", [False, True])
 @pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
-def test_fullgraph_compiled_static_cache_decoding_equals_eager(position_embedding_type, use_lstm):
+def test_fullgraph_compiled_static_cache_decoding_equals_eager(tiny_lm, position_embedding_type, use_lstm):
     """Every decoding step traces as one graph (Dynamo, fullgraph) with the LSTM state in the static
     cache, left padding included, and gives eager decoding's tokens. The eager backend checks the trace
     alone; the inductor test below compiles one variant for real."""
@@ -669,7 +669,7 @@ def test_fullgraph_compiled_static_cache_decoding_equals_eager(position_embeddin
     assert torch.equal(compiled, eager) and torch.equal(again, eager)
 
 
-def test_inductor_compiled_decoding_with_the_lstm_equals_eager():
+def test_inductor_compiled_decoding_with_the_lstm_equals_eager(tiny_lm):
     torch._dynamo.reset()
     model = tiny_lm(use_lstm=True)
     ids = random_ids(1, 6)
@@ -682,7 +682,7 @@ def test_inductor_compiled_decoding_with_the_lstm_equals_eager():
 
 
 @pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
-def test_torch_export_of_a_packed_row_gives_the_eager_logits(position_embedding_type):
+def test_torch_export_of_a_packed_row_gives_the_eager_logits(tiny_lm, position_embedding_type):
     """Positions that restart inside a row (DataCollatorWithFlattening) reset the LSTM in the traced
     graph as in eager mode, without branching on where they restart."""
     model = tiny_lm(use_lstm=True, position_embedding_type=position_embedding_type)
@@ -699,7 +699,7 @@ def test_torch_export_of_a_packed_row_gives_the_eager_logits(position_embedding_
             torch.testing.assert_close(traced, eager, atol=1e-5, rtol=1e-5)
 
 
-def test_the_lstms_traced_path_resets_where_the_segmented_path_does():
+def test_the_lstms_traced_path_resets_where_the_segmented_path_does(tiny_lm):
     memory = tiny_lm(use_lstm=True).model.memory
     x = torch.randn(2, 7, memory.lstm.input_size)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
@@ -713,7 +713,7 @@ def test_the_lstms_traced_path_resets_where_the_segmented_path_does():
 
 
 @pytest.mark.parametrize("use_lstm", [False, True])
-def test_a_4d_boolean_mask_gives_the_2d_masks_logits_and_attentions(use_lstm):
+def test_a_4d_boolean_mask_gives_the_2d_masks_logits_and_attentions(tiny_lm, use_lstm):
     """A 4D mask made for SDPA (booleans) also serves the eager kernel that output_attentions needs, and
     the LSTM reads which tokens are pads from its diagonal."""
     from transformers.masking_utils import create_causal_mask
@@ -739,7 +739,7 @@ def test_a_4d_boolean_mask_gives_the_2d_masks_logits_and_attentions(use_lstm):
 
 
 @pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
-def test_exported_with_transformers_static_cache_decodes_like_eager(position_embedding_type):
+def test_exported_with_transformers_static_cache_decodes_like_eager(tiny_lm, position_embedding_type):
     """Transformers' export recipe for decoder-only models (the static cache as buffers, one token per
     call) gives the eager logits. It carries keys and values only, so it covers the model without the
     LSTM; the LSTM's state has no buffer there."""

@@ -159,6 +159,7 @@ def test_lm_run_writes_a_complete_hub_folder(lm_folder):
         "tokenizer.json",
         "tokenizer_config.json",
         "configuration_memory_transformer.py",
+        "lstm_memory.py",
         "modeling_memory_transformer.py",
         "README.md",
         "all_results.json",

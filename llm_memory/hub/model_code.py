@@ -1,7 +1,7 @@
 """The model code that ships next to the weights, kept the same as the package's.
 
-``save_pretrained`` copies ``configuration_memory_transformer.py`` and ``modeling_memory_transformer.py``
-into every model folder, so that ``trust_remote_code=True`` loads the folder (or its Hub repository)
+``save_pretrained`` copies ``configuration_memory_transformer.py``, ``lstm_memory.py`` and
+``modeling_memory_transformer.py`` (and what they import from each other) into every model folder, so that ``trust_remote_code=True`` loads the folder (or its Hub repository)
 without this package. A folder saved before a change to those files would run older code than the
 package's tests cover; ``refresh`` copies the package's current files over the folder's.
 
@@ -15,7 +15,11 @@ from pathlib import Path
 
 # The package's model code: the files that a model folder's config.json ``auto_map`` names.
 MODELING = importlib.resources.files("llm_memory.modeling")
-CODE_FILES = ("configuration_memory_transformer.py", "modeling_memory_transformer.py")
+CODE_FILES = (
+    "configuration_memory_transformer.py",
+    "lstm_memory.py",
+    "modeling_memory_transformer.py",
+)
 
 
 def stale_files(folder: str | Path) -> list[Path]:

@@ -49,6 +49,7 @@ def required_files(folder: Path) -> list[str]:
         "tokenizer.json",
         "tokenizer_config.json",
         "configuration_memory_transformer.py",
+        "lstm_memory.py",
         "modeling_memory_transformer.py",
         "README.md",
     ]
