@@ -392,6 +392,58 @@ def test_built_space_starts_from_its_own_folder(checkpoints, tmp_path, free_port
             process.wait()
 
 
+def test_built_space_starts_with_only_its_own_requirements(checkpoints, tmp_path, free_port):
+    """The Space as its builder runs it: a fresh virtualenv with nothing but the folder's
+    requirements.txt and the Gradio that the README's sdk_version names, then the folder's app.py.
+    The PyTorch CPU index line is left out here (this machine reaches the package registry only; the
+    same pinned CPU torch comes from there)."""
+    out = tmp_path / "space"
+    space.main(
+        [
+            *("--repo_id", "someone/llm-memory", "--dry-run", "--out", str(out)),
+            *("--model", checkpoints["model"], "--classifier", checkpoints["classifier"]),
+            *("--template", str(ROOT / "spaces")),
+        ]
+    )
+    (sdk_version,) = re.findall(r"^sdk_version: *(\S+)$", (out / "README.md").read_text(), re.MULTILINE)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(
+        "".join(
+            line + "\n"
+            for line in (out / "requirements.txt").read_text().splitlines()
+            if not line.startswith("--extra-index-url")
+        )
+    )
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    subprocess.run(
+        [python, "-m", "pip", "install", "-q", "-r", str(requirements), f"gradio=={sdk_version}"],
+        check=True,
+        timeout=600,
+    )
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_MEMORY_") and k != "PYTHONPATH"}
+    env.update(GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1")
+    process = subprocess.Popen(
+        [python, "app.py"], cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/", timeout=180, process=process)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        label, _ = client.predict("Hello", api_name="/classify")
+        assert label["label"] in {"neg", "pos"}
+        text, speed = client.predict("The movie was", api_name="/generate")
+        assert isinstance(text, str) and speed.endswith("done")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def test_space_upload_creates_a_gradio_space_and_links_hub_models(checkpoints, tmp_path, monkeypatch):
     calls = []
 
