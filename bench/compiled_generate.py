@@ -18,8 +18,8 @@ is reported apart and not counted.
 Transformers compiles ``generate()`` by itself only on accelerators; on a CPU a ``CompileConfig`` with
 ``_compile_all_devices`` set (as Transformers' own generation tests do) asks for it.
 
-    python bench/compiled_generate.py                 # ~5 min on 2 cores, most of it compiling
-    python bench/compiled_generate.py --quick         # tiny models, a smoke run
+    python -m bench.compiled_generate                 # ~5 min on 2 cores, most of it compiling
+    python -m bench.compiled_generate --quick         # tiny models, a smoke run
 """
 
 import os
