@@ -364,23 +364,22 @@ def test_built_space_starts_from_its_own_folder(checkpoints, tmp_path, free_port
     with pytest.raises(SystemExit):  # a second build must not silently replace the first
         space.main(["--repo_id", "someone/llm-memory", "--dry-run", "--out", str(out), *template])
 
-    port = free_port()
+    # Decoded by the Space's child process, which runs the package copied into the folder.
+    check_space_serves(sys.executable, out, free_port(), timeout=120)
+
+
+def check_space_serves(python: str, folder: Path, port: int, timeout: float) -> None:
+    """Starts the Space folder's app.py with ``python`` and asks it to classify and generate."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_MEMORY_") and k != "PYTHONPATH"}
     env.update(GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1")
     process = subprocess.Popen(
-        [sys.executable, "app.py"],
-        cwd=out,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        [python, "app.py"], cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/", timeout=120, process=process)
+        wait_for_http(f"http://127.0.0.1:{port}/", timeout=timeout, process=process)
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         label, _ = client.predict("Hello", api_name="/classify")
         assert label["label"] in {"neg", "pos"}
-        # Decoded by the Space's child process, which runs the package copied into the folder.
         text, speed = client.predict("The movie was", api_name="/generate")
         assert isinstance(text, str) and speed.endswith("done")
     finally:
@@ -422,26 +421,7 @@ def test_built_space_starts_with_only_its_own_requirements(checkpoints, tmp_path
         check=True,
         timeout=600,
     )
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_MEMORY_") and k != "PYTHONPATH"}
-    env.update(GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1")
-    process = subprocess.Popen(
-        [python, "app.py"], cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/", timeout=180, process=process)
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        label, _ = client.predict("Hello", api_name="/classify")
-        assert label["label"] in {"neg", "pos"}
-        text, speed = client.predict("The movie was", api_name="/generate")
-        assert isinstance(text, str) and speed.endswith("done")
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    check_space_serves(python, out, free_port(), timeout=180)
 
 
 def test_space_upload_creates_a_gradio_space_and_links_hub_models(checkpoints, tmp_path, monkeypatch):
