@@ -1,4 +1,5 @@
-"""Helpers that several benchmarks share: starting the app, one REST call, in-process bursts, side-by-side options.
+"""Helpers that several benchmarks share: starting the app, one REST call, in-process bursts, side-by-side options,
+GPT-2 of our size.
 
 Not a benchmark itself. The benchmarks run from the repository root as ``python -m bench.NAME``.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from llm_memory.tasks.generate import generate
 
@@ -120,3 +122,28 @@ def side_by_side_arguments(doc: str, add_arguments=None) -> argparse.Namespace:
     args = parser.parse_args()
     torch.set_num_threads(1)
     return args
+
+
+def gpt2_like(config, attn_implementation: str = "sdpa") -> GPT2LMHeadModel:
+    """Transformers' GPT-2 with the width, depth, heads, MLP, window, vocabulary, dropout and special
+    ids of one of our configs: the baseline measured beside ours (its weights are drawn anew)."""
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=config.vocab_size,
+            n_embd=config.hidden_size,
+            n_layer=config.num_hidden_layers,
+            n_head=config.num_attention_heads,
+            n_inner=config.intermediate_size,
+            n_positions=config.max_position_embeddings,
+            activation_function="gelu_new",
+            resid_pdrop=config.hidden_dropout,
+            embd_pdrop=config.hidden_dropout,
+            attn_pdrop=config.attention_dropout,
+            layer_norm_epsilon=config.layer_norm_eps,
+            tie_word_embeddings=True,
+            pad_token_id=config.pad_token_id,
+            bos_token_id=config.bos_token_id,
+            eos_token_id=config.eos_token_id,
+            attn_implementation=attn_implementation,
+        )
+    )

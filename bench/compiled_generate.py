@@ -33,8 +33,9 @@ import statistics
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, CompileConfig, GenerationConfig, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, CompileConfig, GenerationConfig
 
+from bench._common import gpt2_like
 from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
 
 TARGET = 1.5  # compiled / eager tokens/s, ours with the LSTM on
@@ -60,26 +61,6 @@ def tiny_ours() -> MemoryTransformerForCausalLM:
         vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256
     )
     return MemoryTransformerForCausalLM(config)
-
-
-def gpt2_like(config) -> GPT2LMHeadModel:
-    """GPT-2 with our model's dimensions."""
-    return GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=config.vocab_size,
-            n_embd=config.hidden_size,
-            n_layer=config.num_hidden_layers,
-            n_head=config.num_attention_heads,
-            n_inner=config.intermediate_size,
-            n_positions=config.max_position_embeddings,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            bos_token_id=config.bos_token_id,
-            eos_token_id=config.eos_token_id,
-            pad_token_id=config.pad_token_id,
-        )
-    )
 
 
 def greedy_config(model, new_tokens: int) -> GenerationConfig:

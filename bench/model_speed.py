@@ -40,9 +40,10 @@ from pathlib import Path
 
 import torch
 from torch.profiler import DeviceType, ProfilerActivity, profile
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import __version__ as transformers_version
 
+from bench._common import gpt2_like
 from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
 
 # Token ids shared by all three models, as in our config; random prompts avoid them.
@@ -114,30 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_gpt2(args: argparse.Namespace) -> PreTrainedModel:
-    config = GPT2Config(
-        vocab_size=args.vocab_size,
-        n_embd=args.hidden_size,
-        n_layer=args.num_layers,
-        n_head=args.num_heads,
-        n_inner=args.intermediate_size,
-        n_positions=args.max_positions,
-        activation_function="gelu_new",
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        layer_norm_epsilon=1e-5,
-        tie_word_embeddings=True,
-        pad_token_id=PAD_ID,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-        attn_implementation="sdpa",
-    )
-    return GPT2LMHeadModel(config)
-
-
-def build_ours(args: argparse.Namespace, use_lstm: bool) -> PreTrainedModel:
-    config = MemoryTransformerConfig(
+def ours_config(args: argparse.Namespace, use_lstm: bool) -> MemoryTransformerConfig:
+    return MemoryTransformerConfig(
         vocab_size=args.vocab_size,
         hidden_size=args.hidden_size,
         num_hidden_layers=args.num_layers,
@@ -156,7 +135,10 @@ def build_ours(args: argparse.Namespace, use_lstm: bool) -> PreTrainedModel:
         eos_token_id=EOS_ID,
         attn_implementation="sdpa",
     )
-    return MemoryTransformerForCausalLM(config)
+
+
+def build_ours(args: argparse.Namespace, use_lstm: bool) -> PreTrainedModel:
+    return MemoryTransformerForCausalLM(ours_config(args, use_lstm))
 
 
 @dataclass
@@ -305,7 +287,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     contenders = []
     for name, build in (
-        ("GPT-2", build_gpt2),
+        ("GPT-2", lambda a: gpt2_like(ours_config(a, use_lstm=False))),  # the same size and ids
         ("ours, LSTM off", lambda a: build_ours(a, use_lstm=False)),
         ("ours, LSTM on", lambda a: build_ours(a, use_lstm=True)),
     ):

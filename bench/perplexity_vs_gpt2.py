@@ -18,8 +18,9 @@ import statistics
 import time
 
 import torch
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments, set_seed
+from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
 
+from bench._common import gpt2_like
 from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
 from llm_memory.training.data import prepare_lm_dataset
 from llm_memory.training.reviews import load_movie_reviews
@@ -29,20 +30,6 @@ MODELS = ("gpt2", "ours (LSTM off)", "ours (LSTM on)")
 
 def build(kind: str, args, vocab_size: int, seed: int):
     set_seed(seed)
-    if kind == "gpt2":
-        config = GPT2Config(
-            vocab_size=vocab_size,
-            n_embd=args.hidden_size,
-            n_layer=args.layers,
-            n_head=args.heads,
-            n_inner=4 * args.hidden_size,
-            n_positions=args.block_size,
-            activation_function="gelu_new",
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-        )
-        return GPT2LMHeadModel(config)
     config = MemoryTransformerConfig(
         vocab_size=vocab_size,
         hidden_size=args.hidden_size,
@@ -54,7 +41,7 @@ def build(kind: str, args, vocab_size: int, seed: int):
         hidden_dropout=0.1,
         attention_dropout=0.1,
     )
-    return MemoryTransformerForCausalLM(config)
+    return gpt2_like(config) if kind == "gpt2" else MemoryTransformerForCausalLM(config)
 
 
 def main(argv=None):

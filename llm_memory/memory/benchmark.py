@@ -21,7 +21,6 @@ inside the window first, batches of 16 equally long probes at distances drawn pe
 initialized LSTM gates, and a few thousand steps; the loss sits at chance for the first ~1,000.
 """
 
-import json
 import os
 import random
 import shlex
@@ -38,7 +37,7 @@ from llm_memory.memory.evaluate import VARIANTS, BenchError, evaluate, variant_s
 from llm_memory.memory.finetune import DEVICE, fine_tune
 from llm_memory.memory.probes import TASKS
 from llm_memory.memory.recurrence import chrono_init_, shrink_window
-from llm_memory.memory.report import MODEL_RESULTS_DIR, markdown_table, write_outputs
+from llm_memory.memory.report import MODEL_RESULTS_DIR, markdown_table, save_report, write_outputs
 
 # Where the reports go without --json or --results_dir (MEMORY_RESULTS_DIR moves it).
 DEFAULT_RESULTS_DIR = "bench/memory_results"
@@ -374,7 +373,7 @@ def save_memory_model(model, tokenizer, folder: str, reports: dict[str, dict], c
     results = Path(folder) / MODEL_RESULTS_DIR
     results.mkdir(exist_ok=True)
     for task, report in reports.items():
-        (results / f"{task}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        save_report(report, results / f"{task}.json")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -147,6 +147,11 @@ def load_report(path: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def save_report(report: dict, path: Path) -> None:
+    """Writes a report as ``load_report`` reads it."""
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
 def write_outputs(report: dict, json_path: Path, plot_dir: Path) -> dict[str, Path]:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     plot_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +160,7 @@ def write_outputs(report: dict, json_path: Path, plot_dir: Path) -> dict[str, Pa
         "png": plot_dir / f"{json_path.stem}.png",
         "html": plot_dir / f"{json_path.stem}.html",
     }
-    paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    save_report(report, paths["json"])
     save_png(report, paths["png"])
     # plotly.js inline: the page works offline and from a file.
     accuracy_figure(report).write_html(paths["html"], include_plotlyjs=True, full_html=True)
