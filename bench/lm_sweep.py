@@ -24,8 +24,8 @@ RECIPES = {
     "lr 4e-3": ["--learning_rate", "4e-3"],
     "lr 1e-3, batch 32": ["--learning_rate", "1e-3", "--per_device_train_batch_size", "32"],
     "lr 1e-3, 6 blocks of 224": [
-        "--learning_rate", "1e-3", "--hidden_size", "224", "--num_hidden_layers", "6",
-        "--intermediate_size", "896",
+        "--learning_rate", "1e-3",
+        "--config_overrides", "hidden_size=224,num_hidden_layers=6,intermediate_size=896",
     ],
 }  # fmt: skip
 

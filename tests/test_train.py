@@ -26,10 +26,10 @@ from transformers import (
     TrainerCallback,
 )
 
-from llm_memory import MemoryTransformerForCausalLM
+from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
 from llm_memory.hub import push
 from llm_memory.training import data, prepare, training_log
-from llm_memory.training.arguments import parse_args
+from llm_memory.training.arguments import make_parser, parse_args, preset_names, read_preset
 from llm_memory.training.callbacks import ThroughputCallback, device_peak_flops
 from llm_memory.training.checkpoints import (
     checkpoint_is_complete,
@@ -37,6 +37,7 @@ from llm_memory.training.checkpoints import (
     move_into_place,
     staging_dir,
 )
+from llm_memory.training.checks import config_from_args
 from llm_memory.training.metrics import generate_summaries, rouge_scores
 from llm_memory.training.model import build_model
 from llm_memory.training.prepare import data_collator, encode_labels, prepare_data
@@ -321,9 +322,12 @@ def test_classification_on_a_local_csv_with_named_columns(text_files, tmp_path):
 
 
 def test_command_line_overrides_the_preset(tmp_path):
-    args = parse_args(["--preset", "tiny", "--hidden_size", "48", "--learning_rate", "0.5"])
-    assert args.model.hidden_size == 48 and args.training.learning_rate == 0.5
-    assert args.model.num_hidden_layers == 2 and args.training.max_steps == 8  # from the preset
+    args = parse_args(
+        ["--preset", "tiny", "--config_overrides", "hidden_size=48,use_lstm=false", "--learning_rate", "0.5"]
+    )
+    assert args.model_config["hidden_size"] == 48 and args.model_config["use_lstm"] is False
+    assert args.training.learning_rate == 0.5
+    assert args.model_config["num_hidden_layers"] == 2 and args.training.max_steps == 8  # from the preset
     assert args.training.metric_for_best_model == "loss" and args.training.output_dir == "runs/lm"
     cls = parse_args(["--preset", TINY, "--task", "classification"])
     assert cls.training.metric_for_best_model == "f1" and cls.training.greater_is_better
@@ -557,11 +561,22 @@ def refuse_data(*args, **kwargs):
 BAD_SETTINGS = {
     "block size over the window": (["--block_size", "128"], "--block_size 128 must be between 1 and", True),
     "heads not dividing hidden": (
-        ["--num_attention_heads", "5"],
+        ["--config_overrides", "num_attention_heads=5"],
         "`num_attention_heads` (5) must divide",
         True,
     ),
-    "vocabulary too small": (["--vocab_size", "100"], "--vocab_size 100 is too small", True),
+    "vocabulary too small": (["--config_overrides", "vocab_size=100"], "vocab_size 100 is too small", True),
+    "config override of no field": (
+        ["--config_overrides", "hidden=64"],
+        "names hidden, which a new model's config does not take",
+        True,
+    ),
+    "config override not key=value": (["--config_overrides", "hidden_size"], "is not key=value", True),
+    "config override of the wrong type": (
+        ["--config_overrides", "hidden_size=wide"],
+        "--config_overrides 'hidden_size=wide': invalid literal for int()",
+        True,
+    ),
     "early stopping without evaluation": (
         ["--eval_strategy", "no", "--load_best_model_at_end", "false"],
         "--early_stopping_patience needs evaluations",
@@ -570,7 +585,7 @@ BAD_SETTINGS = {
     "resume without checkpoint": (["--resume"], "there is no complete checkpoint", True),
     "memory windows for a language model": (["--memory_windows", "2"], "pass --task classification", True),
     "memory windows without the LSTM": (
-        ["--memory_windows", "2", "--task", "classification", "--use_lstm", "false"],
+        ["--memory_windows", "2", "--task", "classification", "--config_overrides", "use_lstm=false"],
         "a model with the LSTM",
         True,
     ),
@@ -671,17 +686,8 @@ def test_a_folder_of_other_files_is_refused_unless_overwrite_is_asked(tmp_path, 
 def test_a_run_without_a_logging_interval_still_logs_its_progress(text_files, tmp_path):
     # No preset: the Trainer's default interval of 500 steps would log nothing in a 60-step run.
     files = ["--train_file", str(text_files["train_txt"]), "--validation_file", str(text_files["valid_txt"])]
-    small = [
-        "--vocab_size",
-        "300",
-        "--hidden_size",
-        "16",
-        "--num_hidden_layers",
-        "1",
-        "--num_attention_heads",
-        "2",
-    ]
-    flags = [*small, "--intermediate_size", "32", "--max_position_embeddings", "32", "--max_steps", "60"]
+    small = "vocab_size=300,hidden_size=16,num_hidden_layers=1,num_attention_heads=2,intermediate_size=32"
+    flags = ["--config_overrides", f"{small},max_position_embeddings=32", "--max_steps", "60"]
     assert (
         training_main([*files, *flags, *QUIET, "--use_cpu", "true", "--output_dir", str(tmp_path / "run")])
         == 0
@@ -714,6 +720,36 @@ def test_bad_preset_stops_with_one_clear_message(tmp_path, capsys):
     assert_stopped_with(capsys, "unknown flag(s) hiden_size")
     assert training_main(["--preset", str(tmp_path / "missing.json")]) == 1
     assert_stopped_with(capsys, "does not exist")
+    # Model settings go in the `model` section, straight to the config, and are checked there.
+    preset.write_text(json.dumps({"hidden_size": 64}))
+    assert training_main(["--preset", str(preset), "--output_dir", str(tmp_path / "out")]) == 1
+    assert_stopped_with(capsys, "hidden_size belong(s) in the `model` section")
+    preset.write_text(json.dumps({"model": {"hiden_size": 64}}))
+    assert training_main(["--preset", str(preset), "--output_dir", str(tmp_path / "out")]) == 1
+    assert_stopped_with(capsys, "`model` section names hiden_size, which a new model's config does not take")
+    preset.write_text(json.dumps({"model": [64]}))
+    assert training_main(["--preset", str(preset), "--output_dir", str(tmp_path / "out")]) == 1
+    assert_stopped_with(capsys, "has a `model` section that is not a JSON object")
+
+
+def test_the_preset_model_section_goes_straight_to_the_config(tmp_path):
+    preset = tmp_path / "preset.json"
+    section = {
+        "hidden_size": 24,
+        "num_attention_heads": 3,
+        "position_embedding_type": "rope",
+        "rope_theta": 500.0,
+    }
+    preset.write_text(json.dumps({"model": section, "max_steps": 3}))
+    args = parse_args(["--preset", str(preset), "--config_overrides", "num_hidden_layers=3"])
+    config = config_from_args(args, vocab_size=300)
+    assert {key: getattr(config, key) for key in section} == section
+    assert config.num_hidden_layers == 3 and config.vocab_size == 300
+    # Every setting of every shipped preset's section is a field of the config.
+    for name in preset_names():
+        section = read_preset(name, make_parser())[1]
+        config = MemoryTransformerConfig(**section)
+        assert all(getattr(config, key) == value for key, value in section.items()), name
 
 
 def test_a_nan_loss_stops_training_without_writing_a_model(text_files, tmp_path, capsys, monkeypatch):

@@ -30,62 +30,33 @@ PRESETS = importlib.resources.files("llm_memory.training") / "presets"
 
 @dataclasses.dataclass
 class ModelArguments:
-    """The model to train: a new one of the given size, or a checkpoint to fine-tune. The sizes default
-    to the config's own defaults (``MemoryTransformerConfig``), stated once there."""
+    """The model to train: a new one (its config from the preset's ``model`` section and
+    ``--config_overrides``, on top of ``MemoryTransformerConfig``'s defaults), or a checkpoint to fine-tune."""
 
     init_from: str | None = dataclasses.field(
         default=None,
         metadata={
             "help": "A model folder (a checkpoint or a finished run) to fine-tune instead of training from "
-            "scratch; its tokenizer is used too and the size flags below are ignored. For classification "
-            "from a language model, the LM head is dropped, the body kept and a new classifier head added."
+            "scratch; its tokenizer is used too and the new model's config settings are ignored. For "
+            "classification from a language model, the LM head is dropped, the body kept and a new "
+            "classifier head added."
         },
     )
     tokenizer_name: str | None = dataclasses.field(
         default=None,
         metadata={
             "help": "A tokenizer folder to use. Default: the --init_from folder's, else a byte-level BPE "
-            "trained on the training split with --vocab_size."
+            "trained on the training split with the config's vocab_size."
         },
     )
-    vocab_size: int = dataclasses.field(
-        default=MemoryTransformerConfig.vocab_size,
-        metadata={"help": f"Size of the tokenizer trained when none is given (at least {MIN_VOCAB_SIZE})."},
-    )
-    hidden_size: int = dataclasses.field(
-        default=MemoryTransformerConfig.hidden_size, metadata={"help": "Width of the model."}
-    )
-    num_hidden_layers: int = dataclasses.field(
-        default=MemoryTransformerConfig.num_hidden_layers, metadata={"help": "Number of transformer blocks."}
-    )
-    num_attention_heads: int = dataclasses.field(
-        default=MemoryTransformerConfig.num_attention_heads,
-        metadata={"help": "Attention heads per block; must divide --hidden_size."},
-    )
-    intermediate_size: int = dataclasses.field(
-        default=MemoryTransformerConfig.intermediate_size, metadata={"help": "Width of the MLP."}
-    )
-    max_position_embeddings: int = dataclasses.field(
-        default=MemoryTransformerConfig.max_position_embeddings,
-        metadata={"help": "Attention window in tokens: the longest sequence the model reads."},
-    )
-    position_embedding_type: Literal["learned", "sinusoidal", "rope"] = dataclasses.field(
-        default=MemoryTransformerConfig.position_embedding_type,
-        metadata={"help": "How positions are encoded."},
-    )
-    use_lstm: bool = dataclasses.field(
-        default=MemoryTransformerConfig.use_lstm,
-        metadata={"help": "Add the LSTM memory layer after the transformer blocks."},
-    )
-    lstm_num_layers: int = dataclasses.field(
-        default=MemoryTransformerConfig.lstm_num_layers, metadata={"help": "Layers of the LSTM memory."}
-    )
-    hidden_dropout: float = dataclasses.field(
-        default=MemoryTransformerConfig.hidden_dropout,
-        metadata={"help": "Dropout on embeddings and residual branches."},
-    )
-    attention_dropout: float = dataclasses.field(
-        default=MemoryTransformerConfig.attention_dropout, metadata={"help": "Dropout on attention weights."}
+    config_overrides: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Settings of a new model's config as key=value pairs separated by commas, on top of the "
+            "preset's `model` section, as in Transformers' run_clm.py; any MemoryTransformerConfig field, "
+            "e.g. `hidden_size=128,num_hidden_layers=2,use_lstm=false,position_embedding_type=rope`. "
+            f"vocab_size also sizes the tokenizer trained when none is given (at least {MIN_VOCAB_SIZE})."
+        },
     )
     attn_implementation: str | None = dataclasses.field(
         default=None,
@@ -231,12 +202,25 @@ class RunArguments:
 TRAINING_DEFAULTS = {"include_num_input_tokens_seen": True, "logging_nan_inf_filter": False}
 
 
+# The config fields a new model's settings may name: the model's own, less those taken from the tokenizer
+# (token ids), derived by the config (layer_types, number_of_conv_states) or fitted after training.
+MODEL_CONFIG_KEYS = tuple(
+    sorted(
+        set(MemoryTransformerConfig.__annotations__)
+        - {"pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id"}
+        - {"layer_types", "number_of_conv_states", "classifier_temperature"}
+    )
+)
+
+
 class Arguments(NamedTuple):
     model: ModelArguments
     data: DataTrainingArguments
     run: RunArguments
     training: TrainingArguments
     argv: list[str]
+    # A new model's config settings: the preset's `model` section, then --config_overrides.
+    model_config: dict = {}
 
 
 def make_parser() -> HfArgumentParser:
@@ -269,8 +253,9 @@ def resolve_preset_path(preset: str):
     )
 
 
-def read_preset(preset: str, parser: HfArgumentParser) -> dict:
-    """The settings of a preset file, checked against the parser's flags; ``_`` keys are comments."""
+def read_preset(preset: str, parser: HfArgumentParser) -> tuple[dict, dict]:
+    """The flag defaults and the ``model`` section (config settings) of a preset file, both checked;
+    ``_`` keys are comments."""
     path = resolve_preset_path(preset)
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))
@@ -278,15 +263,54 @@ def read_preset(preset: str, parser: HfArgumentParser) -> dict:
         raise ValueError(f"The preset {str(path)!r} is not valid JSON: {err}.") from err
     if not isinstance(settings, dict):
         raise ValueError(f"The preset {str(path)!r} must hold a JSON object of flag names and values.")
-    flags = {action.dest for action in parser._actions} - {"help", "preset"}
     settings = {key: value for key, value in settings.items() if not key.startswith("_")}
+    model = settings.pop("model", {})
+    if not isinstance(model, dict):
+        raise ValueError(
+            f"The preset {str(path)!r} has a `model` section that is not a JSON object; give it the config "
+            'settings of a new model, e.g. {"hidden_size": 128, "num_hidden_layers": 2}.'
+        )
+    model = {key: value for key, value in model.items() if not key.startswith("_")}
+    check_model_keys(model, f"The preset {str(path)!r}'s `model` section")
+    flags = {action.dest for action in parser._actions} - {"help", "preset"}
     unknown = sorted(set(settings) - flags)
     if unknown:
+        misplaced = [key for key in unknown if key in MODEL_CONFIG_KEYS]
+        hint = f" ({', '.join(misplaced)} belong(s) in the `model` section)" if misplaced else ""
         raise ValueError(
-            f"The preset {str(path)!r} sets unknown flag(s) {', '.join(unknown)}; "
+            f"The preset {str(path)!r} sets unknown flag(s) {', '.join(unknown)}{hint}; "
             "see `python -m llm_memory.training --help` for the flags."
         )
-    return settings
+    return settings, model
+
+
+def check_model_keys(settings: dict, where: str) -> None:
+    unknown = sorted(set(settings) - set(MODEL_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{where} names {', '.join(unknown)}, which a new model's config does not take; "
+            f"use some of: {', '.join(MODEL_CONFIG_KEYS)}."
+        )
+
+
+def parse_config_overrides(overrides: str) -> dict:
+    """``key=value,key=value`` as typed config settings (the types of the config's fields)."""
+    settings = {}
+    for pair in overrides.split(","):
+        key, sep, value = (part.strip() for part in pair.partition("="))
+        if not sep or not key:
+            raise ValueError(
+                f"--config_overrides {overrides!r}: {pair!r} is not key=value; write e.g. "
+                "`hidden_size=128,use_lstm=false`."
+            )
+        settings[key] = value
+    check_model_keys(settings, f"--config_overrides {overrides!r}")
+    default = MemoryTransformerConfig()
+    try:  # Transformers' own parser (as run_clm.py uses it): values typed like the config's defaults
+        default.update_from_string(",".join(f"{key}={value}" for key, value in settings.items()))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"--config_overrides {overrides!r}: {err}.") from err
+    return {key: getattr(default, key) for key in settings}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Arguments:
@@ -295,7 +319,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Arguments:
     parser = make_parser()
     parser.set_defaults(**TRAINING_DEFAULTS)
     known, _ = parser.parse_known_args(argv)
-    preset = read_preset(known.preset, parser) if known.preset else {}
+    preset, model_config = read_preset(known.preset, parser) if known.preset else ({}, {})
     parser.set_defaults(**preset)
     task = parser.parse_known_args(argv)[0].task
     parser.set_defaults(
@@ -311,4 +335,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Arguments:
     model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(
         args=argv, look_for_args_file=False
     )
-    return Arguments(model_args, data_args, run_args, training_args, argv)
+    if model_args.config_overrides:
+        model_config = {**model_config, **parse_config_overrides(model_args.config_overrides)}
+    return Arguments(model_args, data_args, run_args, training_args, argv, model_config)

@@ -7,26 +7,19 @@ config (``MemoryTransformerConfig``), which ``config_from_args`` builds.
 import os
 
 from llm_memory.modeling.configuration_memory_transformer import MemoryTransformerConfig
-from llm_memory.training.arguments import MAX_MEMORY_WINDOWS, Arguments, ModelArguments
+from llm_memory.training.arguments import MAX_MEMORY_WINDOWS, Arguments
 from llm_memory.training.tokenization import MIN_VOCAB_SIZE
 
 
-def config_from_args(model_args: ModelArguments, **extra) -> MemoryTransformerConfig:
-    """A new model's config; raises ValueError naming the flag when the sizes cannot work."""
-    return MemoryTransformerConfig(
-        vocab_size=extra.pop("vocab_size", model_args.vocab_size),
-        hidden_size=model_args.hidden_size,
-        num_hidden_layers=model_args.num_hidden_layers,
-        num_attention_heads=model_args.num_attention_heads,
-        intermediate_size=model_args.intermediate_size,
-        max_position_embeddings=model_args.max_position_embeddings,
-        position_embedding_type=model_args.position_embedding_type,
-        use_lstm=model_args.use_lstm,
-        lstm_num_layers=model_args.lstm_num_layers,
-        hidden_dropout=model_args.hidden_dropout,
-        attention_dropout=model_args.attention_dropout,
-        **extra,
-    )
+def config_from_args(args: Arguments, **extra) -> MemoryTransformerConfig:
+    """A new model's config: the preset's ``model`` section and --config_overrides on the config's defaults;
+    raises ValueError naming the setting when the sizes cannot work."""
+    try:
+        return MemoryTransformerConfig(**{**args.model_config, **extra})
+    except ValueError as err:
+        raise ValueError(
+            f"{err} (a new model's config: the preset's `model` section, --config_overrides)"
+        ) from err
 
 
 def require_model_folder(path: str, flag: str) -> None:
@@ -42,11 +35,12 @@ def check_arguments(args: Arguments) -> None:
         init_config = MemoryTransformerConfig.from_pretrained(model_args.init_from)
         max_positions = init_config.max_position_embeddings
     else:
-        config_from_args(model_args)  # the size checks live in the config
-        max_positions = model_args.max_position_embeddings
-        if model_args.tokenizer_name is None and model_args.vocab_size < MIN_VOCAB_SIZE:
+        new_config = config_from_args(args)  # the size checks live in the config
+        max_positions = new_config.max_position_embeddings
+        if model_args.tokenizer_name is None and new_config.vocab_size < MIN_VOCAB_SIZE:
             raise ValueError(
-                f"--vocab_size {model_args.vocab_size} is too small; use at least {MIN_VOCAB_SIZE}."
+                f"vocab_size {new_config.vocab_size} is too small for the tokenizer trained for a new model; "
+                f"use at least {MIN_VOCAB_SIZE} (--config_overrides vocab_size={MIN_VOCAB_SIZE})."
             )
     if model_args.tokenizer_name and not os.path.isdir(model_args.tokenizer_name):
         raise ValueError(
@@ -56,7 +50,7 @@ def check_arguments(args: Arguments) -> None:
     if not 0 < block_size <= max_positions:
         raise ValueError(
             f"--block_size {block_size} must be between 1 and the model's max_position_embeddings "
-            f"({max_positions}); lower --block_size or raise --max_position_embeddings."
+            f"({max_positions}); lower --block_size or raise max_position_embeddings (--config_overrides)."
         )
     if data_args.task == "summarization" and not 0 < data_args.generation_max_length < block_size - 1:
         raise ValueError(
@@ -68,11 +62,11 @@ def check_arguments(args: Arguments) -> None:
             f"--memory_windows must be from 1 to {MAX_MEMORY_WINDOWS}, got {data_args.memory_windows}."
         )
     if data_args.memory_windows > 1:
-        use_lstm = init_config.use_lstm if model_args.init_from else model_args.use_lstm
+        use_lstm = (init_config if model_args.init_from else new_config).use_lstm
         if data_args.task != "classification" or not use_lstm:
             raise ValueError(
                 "--memory_windows reads texts window by window through the LSTM memory for classification: "
-                "pass --task classification and a model with the LSTM (--use_lstm true)."
+                "pass --task classification and a model with the LSTM (use_lstm=true)."
             )
     for flag in ("max_train_samples", "max_eval_samples"):
         value = getattr(data_args, flag)

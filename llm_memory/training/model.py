@@ -1,4 +1,4 @@
-"""The model a run trains: a new one sized by the flags, or a checkpoint with the task's head.
+"""The model a run trains: a new one from the config settings, or a checkpoint with the task's head.
 
 Also the digest of its final weights, with which distributed replicas are checked to agree.
 """
@@ -22,7 +22,7 @@ from llm_memory.weights import check_finite, describe_load_error
 def build_model(
     args: Arguments, tokenizer, label_names: list[str] | None = None, checkpoint: str | None = None
 ) -> MemoryTransformerForCausalLM | MemoryTransformerForSequenceClassification:
-    """A new model sized by the flags, or the checkpoint / --init_from model with the task's head."""
+    """A new model from the config settings, or the checkpoint / --init_from model with the task's head."""
     model_args, task = args.model, args.data.task
     source = checkpoint or model_args.init_from
     attn_implementation = model_args.attn_implementation or "sdpa"
@@ -53,7 +53,7 @@ def build_model(
             raise ValueError(f"Could not load {source!r}: {describe_load_error(source, err)}") from err
         return model
     config = config_from_args(
-        model_args,
+        args,
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,

@@ -22,6 +22,7 @@ from transformers import (
 from llm_memory.modeling.configuration_memory_transformer import MemoryTransformerConfig
 from llm_memory.training import data, sources
 from llm_memory.training.arguments import Arguments, DataTrainingArguments
+from llm_memory.training.checks import config_from_args
 from llm_memory.training.tokenization import train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -144,11 +145,12 @@ def load_tokenizer(args: Arguments, raw: DatasetDict, checkpoint: str | None) ->
     if source is not None:
         tokenizer = AutoTokenizer.from_pretrained(source)
     else:
-        max_positions = model_args.max_position_embeddings
+        new_config = config_from_args(args)
+        max_positions = new_config.max_position_embeddings
         tokenizer = on_main_process(
             lambda: train_tokenizer(
                 tokenizer_texts(raw, data_args),
-                vocab_size=model_args.vocab_size,
+                vocab_size=new_config.vocab_size,
                 model_max_length=max_positions,
             ),
             args.training,
@@ -215,7 +217,7 @@ def prepare_data(args: Arguments, checkpoint: str | None) -> PreparedData:
     max_positions = (
         MemoryTransformerConfig.from_pretrained(source).max_position_embeddings
         if source
-        else model_args.max_position_embeddings
+        else config_from_args(args).max_position_embeddings
     )
     block_size = data_args.block_size or max_positions
     with training_args.main_process_first(desc="tokenizing the dataset"):

@@ -15,6 +15,10 @@ Examples::
         --init_from runs/small-lm --output_dir runs/small-sentiment
     python -m llm_memory.training --preset small --task summarization --output_dir runs/small-sum
     python -m llm_memory.training --train_file train.txt --validation_file valid.txt --output_dir runs/mine
+    python -m llm_memory.training --preset small --config_overrides hidden_size=128,use_lstm=false ...
+
+A new model's config comes from the preset's ``model`` section, then ``--config_overrides`` (any
+``MemoryTransformerConfig`` field, as in Transformers' ``run_clm.py``).
 
 Interrupted runs continue from the last checkpoint in ``--output_dir`` with the same command plus
 ``--resume``.
@@ -204,7 +208,7 @@ def logging_steps_given(args: Arguments) -> bool:
     """Whether --logging_steps was chosen (on the command line or in the preset), not left at 500."""
     if any(arg == "--logging_steps" or arg.startswith("--logging_steps=") for arg in args.argv):
         return True
-    return bool(args.run.preset) and "logging_steps" in read_preset(args.run.preset, make_parser())
+    return bool(args.run.preset) and "logging_steps" in read_preset(args.run.preset, make_parser())[0]
 
 
 def run(args: Arguments, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, float]:
