@@ -4,12 +4,16 @@ and the next request is served; a model the child cannot load stops startup with
 
 import os
 import queue
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
+import llm_memory
 from llm_memory.generation_settings import GenerationSettings
 from llm_memory.serving.decoder_process import (
     END,
@@ -200,3 +204,21 @@ def test_a_model_the_child_cannot_load_is_a_clear_error(tmp_path):
             decoder.wait_ready(120)
     finally:
         decoder.close()
+
+
+def test_the_child_imports_the_same_package_as_the_parent_even_when_not_installed(tmp_path):
+    # A copy of the package that no installation knows of, imported by path, as `python path/to/app.py`
+    # started from another folder does: the child must run this copy, not whatever else is installed.
+    copy = tmp_path / "checkout"
+    shutil.copytree(
+        Path(llm_memory.__file__).parent, copy / "llm_memory", ignore=shutil.ignore_patterns("*.pyc")
+    )
+    script = (
+        f"import subprocess, sys; sys.path.insert(0, {str(copy)!r})\n"
+        "from llm_memory.serving.decoder_process import child_environment\n"
+        "code = 'import llm_memory.serving.decoder_process as m; print(m.__file__)'\n"
+        "print(subprocess.run([sys.executable, '-c', code], env=child_environment(), cwd='/', "
+        "capture_output=True, text=True, check=True).stdout)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd="/", capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(copy / "llm_memory" / "serving" / "decoder_process.py")

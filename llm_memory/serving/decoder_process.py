@@ -133,6 +133,15 @@ def serve(connection, model_path: str, torch_threads: int, settings: ServeSettin
 CHILD_ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 
 
+def child_environment() -> dict[str, str]:
+    """The child's environment: the allocator setting, and the folder this ``llm_memory`` was imported from
+    first on its path, so that the child runs the same package as the parent even when it is not installed
+    (``python path/to/app.py`` started from another folder)."""
+    import_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.pathsep.join(filter(None, [import_root, os.environ.get("PYTHONPATH")]))
+    return {**os.environ, **CHILD_ALLOCATOR_ENV, "PYTHONPATH": path}
+
+
 class _Child:
     """One child process, its pipe, and the parent's rows that it decodes."""
 
@@ -144,7 +153,7 @@ class _Child:
             [sys.executable, "-m", "llm_memory.serving.decoder_process", str(child_connection.fileno())]
             + [model_path, str(torch_threads), json.dumps(settings.to_dict())],
             pass_fds=[child_connection.fileno()],
-            env={**os.environ, **CHILD_ALLOCATOR_ENV},
+            env=child_environment(),
         )
         child_connection.close()
         self.lock = threading.Lock()  # guards the pipe's sending end, ``rows`` and ``gone``
