@@ -50,12 +50,11 @@ def classify(models: Models, text: str) -> ClassifyResult:
     window = context_window(model, tokenizer)
     truncated = max(0, len(ids) - window)
     ids = truncate(ids, window, tokenizer)
+    pieces = readable_pieces(tokenizer, ids)  # before the pass: done while others' texts are classified
     probabilities, target, token_scores = models.classify_batcher.run(ids)
     labels = label_names(model)
-    attributions = [
-        (piece.text, float(token_scores[piece.start : piece.end].sum()))
-        for piece in readable_pieces(tokenizer, ids)
-    ]
+    scores = token_scores.tolist()
+    attributions = [(piece.text, sum(scores[piece.start : piece.end])) for piece in pieces]
     return ClassifyResult(
         dict(zip(labels, probabilities, strict=True)),
         labels[target],

@@ -105,17 +105,21 @@ def readable_pieces(tokenizer: PreTrainedTokenizerFast, ids: Sequence[int]) -> l
     def decode(span: list[int]) -> str:
         return tokenizer.decode(span, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
+    # Every token alone in one call; only tokens that hold part of a character are decoded again.
+    singles = tokenizer.batch_decode(
+        [[token_id] for token_id in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False
+    )
     pieces = []
     start = 0
     while start < len(ids):
         end = start + 1
-        text = decode(ids[start:end])
+        text = singles[start]
         while REPLACEMENT_CHAR in text and end < len(ids):
             # Joining the next token helps only if it completes a character, which shows as fewer
             # replacement characters than decoding the two parts apart. A stray byte or a whole U+FFFD
             # in the text never passes this test, so it cannot swallow the rest of the ids.
             longer = decode(ids[start : end + 1])
-            apart = text.count(REPLACEMENT_CHAR) + decode(ids[end : end + 1]).count(REPLACEMENT_CHAR)
+            apart = text.count(REPLACEMENT_CHAR) + singles[end].count(REPLACEMENT_CHAR)
             if longer.count(REPLACEMENT_CHAR) >= apart:
                 break
             text, end = longer, end + 1
