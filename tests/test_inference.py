@@ -14,7 +14,7 @@ from transformers import DynamicCache
 
 from llm_memory import MemoryTransformerForCausalLM
 from llm_memory.demo import figures
-from llm_memory.serving import classify_batcher, shared_prefix
+from llm_memory.serving import classify_batcher, packed_linear, shared_prefix
 from llm_memory.serving.classify_batcher import ClassifyBatcher, classify_ids
 from llm_memory.serving.kv_cache import RESERVED_LAYERS, reserving_cache
 from llm_memory.serving.loading import ModelLoadError
@@ -43,10 +43,18 @@ def models(tiny_checkpoints):
     return load_models(tiny_checkpoints["model"], tiny_checkpoints["classifier"])
 
 
-def test_load_models_serves_on_packed_linear_layers(models):
-    for model in (models.lm, models.classifier):
-        assert any(isinstance(module, PackedLinear) for module in model.modules())
-        assert not any(type(module) is torch.nn.Linear for module in model.modules())
+@pytest.mark.parametrize("packed_wins", [True, False])
+def test_load_models_serves_on_packed_linear_layers_where_they_win(
+    tiny_checkpoints, monkeypatch, packed_wins
+):
+    def timed(layer):  # (nn.Linear, packed) seconds per call at 1, 4 and 16 rows
+        return {rows: (2.0, 1.0 if packed_wins else 3.0) for rows in (1, 4, 16)}
+
+    monkeypatch.setattr(packed_linear, "kernel_seconds", timed)
+    loaded = load_models(tiny_checkpoints["model"], tiny_checkpoints["classifier"])
+    for model in (loaded.lm, loaded.classifier):
+        assert any(isinstance(module, PackedLinear) for module in model.modules()) == packed_wins
+        assert any(type(module) is torch.nn.Linear for module in model.modules()) != packed_wins
 
 
 @pytest.fixture(scope="module")

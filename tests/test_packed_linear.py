@@ -80,7 +80,7 @@ def test_a_packed_model_gives_the_same_logits_keeps_its_state_dict_and_saves(tin
     model = tiny_lm()
     plain = tiny_lm()
     keys_before = list(model.state_dict())
-    assert pack_linears(model) == sum(type(m) is nn.Linear for m in plain.modules())
+    assert pack_linears(model, min_rows=1) == sum(type(m) is nn.Linear for m in plain.modules())
     assert not any(type(m) is nn.Linear for m in model.modules())
     assert list(model.state_dict()) == keys_before
     assert model.lm_head.weight is model.model.embed_tokens.weight  # the tie survives
@@ -116,5 +116,50 @@ def test_packing_leaves_the_random_numbers_alone():
     torch.manual_seed(3)
     expected = torch.rand(4)
     torch.manual_seed(3)
-    assert pack_linears(model) == 1
+    pack_linears(model)  # timing the kernels draws random inputs, in a forked generator
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_calls_with_fewer_rows_than_min_rows_take_nn_linear_s_kernel():
+    linear = nn.Linear(16, 8)
+    packed = PackedLinear(linear, min_rows=4)
+    with torch.no_grad():
+        few, many = torch.randn(1, 3, 16), torch.randn(2, 2, 16)
+        assert torch.equal(packed(few), linear(few)) and packed._packed is None
+        torch.testing.assert_close(packed(many), linear(many))
+        assert packed._packed is not None
+
+
+@pytest.mark.parametrize(
+    ("timings", "expected"),
+    [
+        ({1: (1.0, 0.5), 4: (2.0, 1.0), 16: (4.0, 2.0)}, 1),  # packed wins everywhere
+        ({1: (1.0, 2.0), 4: (2.0, 1.0), 16: (4.0, 2.0)}, 4),  # from 4 rows
+        ({1: (1.0, 2.0), 4: (2.0, 3.0), 16: (4.0, 2.0)}, 16),
+        ({1: (1.0, 0.5), 4: (2.0, 3.0), 16: (4.0, 2.0)}, 16),  # a win below a loss does not count
+        ({1: (1.0, 2.0), 4: (2.0, 3.0), 16: (4.0, 4.0)}, packed_linear.NEVER),  # a tie is no win
+    ],
+)
+def test_packed_kernels_are_taken_from_the_fewest_rows_where_they_won(timings, expected):
+    assert packed_linear.choose_min_rows(timings) == expected
+
+
+def test_each_shape_is_timed_once_and_shapes_where_packing_lost_stay_plain():
+    model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 8), nn.Linear(8, 16), nn.Linear(16, 8))
+    timed = []
+
+    def timer(layer):
+        timed.append((layer.in_features, layer.out_features))
+        wins = layer.in_features == 8
+        return {1: (1.0, 2.0), 4: (1.0, 0.5 if wins else 2.0), 16: (1.0, 0.5 if wins else 2.0)}
+
+    assert pack_linears(model, timer=timer) == 2
+    assert timed == [(8, 16), (16, 8)]
+    assert [type(m).__name__ for m in model] == ["PackedLinear", "Linear", "PackedLinear", "Linear"]
+    assert model[0].min_rows == model[2].min_rows == 4
+
+
+def test_kernel_seconds_times_both_kernels_at_each_row_count():
+    timings = packed_linear.kernel_seconds(nn.Linear(16, 8), rows=(1, 4), calls=2, rounds=2)
+    assert set(timings) == {1, 4}
+    assert all(plain > 0 and packed > 0 for plain, packed in timings.values())
