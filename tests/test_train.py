@@ -572,6 +572,11 @@ BAD_SETTINGS = {
         True,
     ),
     "config override not key=value": (["--config_overrides", "hidden_size"], "is not key=value", True),
+    "config override of a model to fine-tune": (
+        ["--config_overrides", "hidden_size=64", "--init_from", "/nonexistent/model"],
+        "cannot change the --init_from model's config",
+        True,
+    ),
     "config override of the wrong type": (
         ["--config_overrides", "hidden_size=wide"],
         "--config_overrides 'hidden_size=wide': invalid literal for int()",

@@ -31,6 +31,11 @@ def check_arguments(args: Arguments) -> None:
     """Raises ValueError for settings that cannot work, before any data is read."""
     model_args, data_args, run_args, training_args = args.model, args.data, args.run, args.training
     if model_args.init_from:
+        if model_args.config_overrides:
+            raise ValueError(
+                "--config_overrides sets up a new model and cannot change the --init_from model's config; "
+                "drop one of them."
+            )
         require_model_folder(model_args.init_from, "--init_from")
         init_config = MemoryTransformerConfig.from_pretrained(model_args.init_from)
         max_positions = init_config.max_position_embeddings
