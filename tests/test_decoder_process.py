@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import threading
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 import llm_memory
 from llm_memory.generation_settings import GenerationSettings
+from llm_memory.serving import decoder_process
 from llm_memory.serving.decoder_process import (
     END,
     TOKEN,
@@ -222,3 +224,15 @@ def test_the_child_imports_the_same_package_as_the_parent_even_when_not_installe
     )
     out = subprocess.run([sys.executable, "-c", script], cwd="/", capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(copy / "llm_memory" / "serving" / "decoder_process.py")
+
+
+def test_an_installed_package_leaves_the_child_s_path_alone(monkeypatch):
+    # Installed in site-packages, the package is found by every interpreter of this environment; putting
+    # site-packages ahead of the standard library on PYTHONPATH could shadow it.
+    root = str(Path(llm_memory.__file__).resolve().parent.parent)
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"purelib": root, "platlib": root})
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    assert decoder_process.child_environment()["PYTHONPATH"] == "/elsewhere"
+    monkeypatch.undo()
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    assert decoder_process.child_environment()["PYTHONPATH"] == os.pathsep.join([root, "/elsewhere"])

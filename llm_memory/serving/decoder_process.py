@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import weakref
@@ -134,12 +135,16 @@ CHILD_ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 
 
 def child_environment() -> dict[str, str]:
-    """The child's environment: the allocator setting, and the folder this ``llm_memory`` was imported from
-    first on its path, so that the child runs the same package as the parent even when it is not installed
-    (``python path/to/app.py`` started from another folder)."""
+    """The child's environment: the allocator setting and, unless this ``llm_memory`` is installed in
+    site-packages, the folder it was imported from first on the path, so that the child runs the same
+    package as the parent even when it is not installed (``python path/to/app.py`` started from another
+    folder)."""
+    environment = {**os.environ, **CHILD_ALLOCATOR_ENV}
     import_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    path = os.pathsep.join(filter(None, [import_root, os.environ.get("PYTHONPATH")]))
-    return {**os.environ, **CHILD_ALLOCATOR_ENV, "PYTHONPATH": path}
+    installed = {os.path.abspath(sysconfig.get_paths()[key]) for key in ("purelib", "platlib")}
+    if import_root not in installed:  # site-packages ahead of the standard library could shadow it
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [import_root, os.environ.get("PYTHONPATH")]))
+    return environment
 
 
 class _Child:
