@@ -10,7 +10,7 @@ from llm_memory import MemoryTransformerForCausalLM
 from llm_memory.memory.benchmark import main, parse_ranges
 from llm_memory.memory.evaluate import VARIANTS, run_probe, variant_settings, window_guess
 from llm_memory.memory.finetune import training_probes
-from llm_memory.memory.probes import Distractors, chance_level, make_probe, review_texts
+from llm_memory.memory.probes import Distractors, chance_level, make_probe, max_answer_length, review_texts
 from llm_memory.memory.recurrence import windowed_logits
 from llm_memory.memory.report import accuracy_figure
 from llm_memory.training.data import IGNORE_INDEX
@@ -54,7 +54,7 @@ def test_aligned_fact_is_in_reach_exactly_within_the_last_window(tiny_lm, varian
     for distance in (25, 30, 40, 50, 70):
         probe = make_probe("passkey", distance, tokenizer, 0, distractors, align_to=WINDOW)
         start, end = probe.fact_token_span
-        within = distance + (end - start) + len(probe.answer_ids) <= WINDOW
+        within = distance + (end - start) + max_answer_length("passkey", tokenizer) <= WINDOW
         assert run_probe(model, probe, WINDOW, **settings).fact_in_reach == within
 
 

@@ -1,5 +1,6 @@
 """Memory probes: the fact is really in the text, at the stated distance, the same for the same seed."""
 
+import collections
 import random
 import re
 
@@ -17,6 +18,7 @@ from llm_memory.memory.probes import (
     chance_level,
     make_probe,
     make_probe_dataset,
+    max_answer_length,
     review_texts,
 )
 from llm_memory.training.data import IGNORE_INDEX
@@ -110,8 +112,21 @@ def test_qa2_answer_is_where_the_taker_went_after_taking_it(tokenizer, distracto
 def test_aligned_probe_fills_whole_windows(task, tokenizer, distractors):
     for distance in (40, 100, 300):
         probe = make_probe(task, distance, tokenizer, distance, distractors, align_to=64)
-        assert (len(probe.input_ids) + len(probe.answer_ids)) % 64 == 0
+        assert (len(probe.input_ids) + max_answer_length(task, tokenizer)) % 64 == 0
+        assert len(probe.answer_ids) <= max_answer_length(task, tokenizer)
         assert probe.distance == distance
+
+
+@pytest.mark.parametrize("task", ["qa1", "qa2"])
+def test_where_an_aligned_question_ends_says_nothing_about_its_answer(task, tokenizer, distractors):
+    # Places take 1 to 3 tokens. Were the answer to end the window, a model reading only the question's
+    # window could tell "office" (1 token) from "kitchen" (3) by the position the question ends at.
+    ends = collections.defaultdict(set)
+    for seed in range(60):
+        probe = make_probe(task, 200, tokenizer, seed, distractors, align_to=64)
+        ends[probe.answer.strip()].add(len(probe.input_ids) % 64)
+    assert len({len(tokenizer.encode(" " + place)) for place in ends}) > 1  # lengths do differ
+    assert len(set.union(*ends.values())) == 1
 
 
 def test_default_distractors_are_test_reviews(tokenizer):

@@ -313,10 +313,10 @@ def make_probe(
     ``seed`` is an int or a ``random.Random`` to draw from (pass one to draw many different probes).
     ``distractor_texts`` is a list of texts, a ``Distractors``, or None for the test reviews. Text before
     the first fact is up to ``max_lead_tokens`` long; with ``align_to`` (the window) it is instead just
-    long enough that prompt and answer fill whole windows, so that read window by window from the start
-    the question ends a full window: the fact is then in attention's reach exactly when it lies within
-    the last ``align_to`` tokens; with carried keys/values too when ``window - carry_kv`` divides the
-    window (``carry_kv = window // 2`` does).
+    long enough that the prompt and the task's longest answer (``max_answer_length``) fill whole windows,
+    so that read window by window from the start the question and its answer end one window: the fact
+    is then in attention's reach exactly when it lies within that window; with carried keys/values too
+    when ``window - carry_kv`` divides the window (``carry_kv = window // 2`` does).
     """
     check_task(task)
     if not isinstance(distance, int) or isinstance(distance, bool) or distance < 1:
@@ -348,7 +348,9 @@ def make_probe(
     rng.shuffle(after)
 
     if align_to:
-        used = sum(map(len, before)) + len(target) + distance + len(answer_ids)
+        # Room for the task's longest answer, not this one's: were the question to end where its own
+        # answer fits the window, its position would tell a short answer from a long one.
+        used = sum(map(len, before)) + len(target) + distance + max_answer_length(task, tokenizer)
         lead_tokens, cut = -used % align_to, "start"
     else:
         lead_tokens, cut = rng.randint(0, max_lead_tokens), None
@@ -400,6 +402,19 @@ def _question_lengths(task: str, tokenizer) -> tuple[int, ...]:
     return tuple(
         encode_fact(tokenizer, STORIES[task](rng).question)[1][0] for _ in range(500)
     )  # 500 stories draw every key, person and object
+
+
+@functools.cache
+def max_answer_length(task: str, tokenizer) -> int:
+    """The most tokens an answer of ``task`` takes: the longest place for qa1 and qa2, the digits of the
+    number otherwise. Aligned probes leave room for this many, whatever their own answer's length, so
+    that where the question ends in its window says nothing about the answer."""
+    check_task(task)
+    if task in ("qa1", "qa2"):
+        facts = [Fact("", place, "", numeric=False) for place in QA1_LOCATIONS]
+    else:
+        facts = [Fact("", "1" * (PASSKEY_DIGITS if task == "passkey" else KV_DIGITS), "", numeric=True)]
+    return max(end - start for _, (start, end) in (encode_fact(tokenizer, fact) for fact in facts))
 
 
 def min_distance(task: str, tokenizer) -> int:
