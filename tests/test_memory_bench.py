@@ -1,6 +1,7 @@
 """Memory benchmark: a tiny end-to-end run, the answer scoring against a plain windowed pass, bad input."""
 
 import json
+import shlex
 import shutil
 
 import pytest
@@ -12,7 +13,7 @@ from llm_memory.memory.evaluate import VARIANTS, run_probe, variant_settings, wi
 from llm_memory.memory.finetune import training_probes
 from llm_memory.memory.probes import Distractors, chance_level, make_probe, max_answer_length, review_texts
 from llm_memory.memory.recurrence import windowed_logits
-from llm_memory.memory.report import accuracy_figure
+from llm_memory.memory.report import accuracy_figure, model_reports, trained_tasks
 from llm_memory.training.data import IGNORE_INDEX
 
 WINDOW = 64
@@ -266,6 +267,31 @@ def test_several_tasks_train_one_model_that_resumes_and_carries_its_reports(mode
     second = MemoryTransformerForCausalLM.from_pretrained(tmp_path / "resumed").state_dict()
     for name, tensor in first.items():
         torch.testing.assert_close(second[name], tensor, msg=name)
+
+
+@pytest.mark.slow  # fine-tunes twice
+def test_a_model_fine_tuned_again_keeps_the_stages_that_made_it(model_dir, tmp_path):
+    def stage(model, task, save_dir):
+        argv = [
+            *("--model", str(model), "--task", task, "--distances", "100", "--samples", "1"),
+            *("--variants", "lstm", "--train_steps", "1", "--batch_size", "1", "--train_distances", "30-100"),
+            *("--save_dir", str(save_dir), "--results_dir", str(tmp_path / "results" / task)),
+        ]
+        assert main(argv) == 0
+        return "python -m llm_memory.memory " + shlex.join(argv)
+
+    first = stage(model_dir, "kv", tmp_path / "kv")
+    second = stage(tmp_path / "kv", "qa1", tmp_path / "kv-qa1")
+    reports = model_reports(tmp_path / "kv-qa1")
+    assert [(s["model"], s["tasks"], s["command"]) for s in reports["qa1"]["stages"]] == [
+        (str(model_dir), ["kv"], first),
+        (str(tmp_path / "kv"), ["qa1"], second),
+    ]
+    # Both stages taught the model: the Memory tab offers both tasks.
+    assert trained_tasks(reports) == ["kv", "qa1"]
+    card = (tmp_path / "kv-qa1" / "README.md").read_text()
+    assert f"Fine-tuned from the checkpoint `{model_dir}`." in card
+    assert "in 2 stages" in card and f"{first}\n{second}\n" in card
 
 
 def test_several_tasks_with_one_json_file_are_refused(model_dir, capsys):

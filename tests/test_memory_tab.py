@@ -214,6 +214,17 @@ def test_curves_note_tells_a_shared_fine_tune():
     assert curves is not None
     assert "one model fine-tuned from `checkpoints/memory-lm` for 3600 steps, read the three ways" in note
     assert "64-token window" in note
+    # Fine-tuned again from that folder: the note counts from the first model, over both stages.
+    first = {
+        "model": "checkpoints/memory-lm",
+        "tasks": ["passkey"],
+        "curriculum_steps": 600,
+        "train_steps": 3000,
+    }
+    again = {**report, "model": "passkey-model", "train_steps": 400, "curriculum_steps": 0}
+    again["stages"] = [first, {**first, "model": "passkey-model", "train_steps": 400, "curriculum_steps": 0}]
+    _, note = benchmark_curves("passkey", {"passkey": again}, "memory model")
+    assert "fine-tuned from `checkpoints/memory-lm` for 4000 steps in 2 stages, read the three ways" in note
 
 
 def test_embedded_memory_model_carries_its_own_passkey_curve():

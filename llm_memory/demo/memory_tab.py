@@ -18,7 +18,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm_memory.memory.evaluate import VARIANTS
 from llm_memory.memory.probes import TASKS, as_distractors, chance_level
-from llm_memory.memory.report import MODEL_RESULTS_DIR, accuracy_figure, model_reports, trained_tasks
+from llm_memory.memory.report import (
+    MODEL_RESULTS_DIR,
+    accuracy_figure,
+    fine_tuning_stages,
+    model_reports,
+    trained_tasks,
+)
 from llm_memory.tasks.memory_probe import DEFAULT_DISTANCE, MAX_DISTANCE, MAX_SEED, run_memory_probe
 
 # Gradio's HighlightedText breaks lines inside words (word-break: break-all on a flex row); the probe is
@@ -127,13 +133,16 @@ def benchmark_curves(task: str, reports: Mapping[str, dict], model_name: str) ->
             f"`{MODEL_RESULTS_DIR}/{task}.json`. `python -m llm_memory.memory --model FOLDER --task {task} "
             "--save_dir NEW_FOLDER` fine-tunes a model for it and saves the curve with it."
         )
-    steps = report["train_steps"] + (report.get("curriculum_steps") or 0)
-    if not report["train_steps"]:
+    stages = fine_tuning_stages({task: report})
+    steps = sum(stage["train_steps"] + stage["curriculum_steps"] for stage in stages)
+    origin = stages[0]["model"] if stages else report["model"]
+    in_stages = f" in {len(stages)} stages" if len(stages) > 1 else ""
+    if not stages:
         tuning = "evaluated as it is, without fine-tuning"
-    elif report.get("share_fine_tune"):
-        tuning = f"one model fine-tuned from `{report['model']}` for {steps} steps, read the three ways"
+    elif report.get("share_fine_tune") or not report["train_steps"]:
+        tuning = f"one model fine-tuned from `{origin}` for {steps} steps{in_stages}, read the three ways"
     else:
-        tuning = f"{steps} fine-tuning steps per variant from `{report['model']}`"
+        tuning = f"{steps} fine-tuning steps per variant from `{origin}`{in_stages}"
     return accuracy_figure(report), (
         f"`{model_name}` on `{task}`: a {report['window']}-token window, {report['samples']} probes per "
         f"distance, {tuning}."

@@ -79,6 +79,8 @@ class ModelCardInfo:
     label_names: list[str] | None = None
     # Markdown that replaces the validation-metrics table (e.g. a memory benchmark's results).
     evaluation: str | None = None
+    # Commands of the runs before ``command`` when the model was made in stages, oldest first.
+    earlier_commands: list[str] = field(default_factory=list)
 
 
 def card_metadata(info: ModelCardInfo) -> ModelCardData:
@@ -180,11 +182,20 @@ def build_model_card(info: ModelCardInfo) -> str:
     else:
         sections += ["## Evaluation", "On the validation split:", _table(shown) if shown else "(no metrics)"]
 
-    sections += [
-        "## Training procedure",
-        "The exact command that made this folder:",
-        f"```bash\n{info.command}\n```",
-    ]
+    if info.earlier_commands:
+        commands = [*info.earlier_commands, info.command]
+        sections += [
+            "## Training procedure",
+            f"The exact commands that made this folder, in {len(commands)} stages; each one fine-tunes "
+            "the folder the one before saved:",
+            "```bash\n" + "\n".join(commands) + "\n```",
+        ]
+    else:
+        sections += [
+            "## Training procedure",
+            "The exact command that made this folder:",
+            f"```bash\n{info.command}\n```",
+        ]
     if info.hyperparameters:
         sections.append(_table(info.hyperparameters))
     sections += [

@@ -37,7 +37,14 @@ from llm_memory.memory.evaluate import VARIANTS, BenchError, evaluate, variant_s
 from llm_memory.memory.finetune import DEVICE, fine_tune
 from llm_memory.memory.probes import TASKS
 from llm_memory.memory.recurrence import chrono_init_, shrink_window
-from llm_memory.memory.report import MODEL_RESULTS_DIR, markdown_table, save_report, write_outputs
+from llm_memory.memory.report import (
+    MODEL_RESULTS_DIR,
+    fine_tuning_stages,
+    markdown_table,
+    model_reports,
+    save_report,
+    write_outputs,
+)
 
 # Where the reports go without --json or --results_dir (MEMORY_RESULTS_DIR moves it).
 DEFAULT_RESULTS_DIR = "bench/memory_results"
@@ -304,6 +311,18 @@ def run_benchmark(args: BenchArguments, command: str | None = None) -> dict[str,
         if variant == args.save_variant or args.share_fine_tune:
             kept = model
     seconds = round(time.time() - started, 1)
+    # A folder that was itself fine-tuned here carries its stages; this run adds one when it trains.
+    stages = fine_tuning_stages(model_reports(args.model))
+    if args.train_steps or args.curriculum_steps:
+        stages.append(
+            {
+                "model": str(args.model),
+                "tasks": tasks,
+                "curriculum_steps": args.curriculum_steps,
+                "train_steps": args.train_steps,
+                "command": command,
+            }
+        )
     reports = {
         task: {
             "task": task,
@@ -330,6 +349,8 @@ def run_benchmark(args: BenchArguments, command: str | None = None) -> dict[str,
                 for distance in distances
             },
             "results": results[task],
+            "stages": stages,
+            "command": command,
             "training_loss": training,
             "seconds": seconds,
         }
@@ -362,7 +383,8 @@ def save_memory_model(model, tokenizer, folder: str, reports: dict[str, dict], c
         ),
         config=model.config.to_dict(),
         num_parameters=model.num_parameters(),
-        init_from=first["model"],
+        init_from=first["stages"][0]["model"] if first["stages"] else first["model"],
+        earlier_commands=[stage["command"] or "(command not recorded)" for stage in first["stages"][:-1]],
         evaluation=(
             "Exact-match recall against distance, on probes over test-split reviews "
             "(`python -m llm_memory.memory`):\n\n"

@@ -179,10 +179,30 @@ def model_reports(folder: str | os.PathLike | None) -> dict[str, dict]:
     return reports
 
 
+def fine_tuning_stages(reports: Mapping[str, dict]) -> list[dict]:
+    """The fine-tuning runs that made a model, oldest first, from its reports: each a dict with the
+    ``model`` it started from, its ``tasks``, ``curriculum_steps``, ``train_steps`` and ``command``.
+    Reports written before stages were recorded stand for one stage."""
+    for task, report in reports.items():
+        if report.get("stages") is not None:
+            return [dict(stage) for stage in report["stages"]]
+        if report.get("train_steps") or report.get("curriculum_steps"):
+            return [
+                {
+                    "model": report["model"],
+                    "tasks": report.get("trained_tasks") or [task],
+                    "curriculum_steps": report.get("curriculum_steps") or 0,
+                    "train_steps": report.get("train_steps") or 0,
+                    "command": report.get("command"),
+                }
+            ]
+    return []
+
+
 def trained_tasks(reports: Mapping[str, dict]) -> list[str]:
-    """Tasks the model was fine-tuned on, from its reports."""
+    """Tasks the model was fine-tuned on, in any of its stages, from its reports."""
     tasks = set()
     for task, report in reports.items():
-        if report.get("train_steps"):
-            tasks.update(report.get("trained_tasks") or [task])
+        for stage in fine_tuning_stages({task: report}):
+            tasks.update(stage["tasks"])
     return [task for task in TASKS if task in tasks]
