@@ -7,9 +7,10 @@ pairs are real text rather than synthetic, and they ship with every Python, so t
 offline and anyone can rerun it on the same data (``llm_memory.training.docstrings.load_docstring_pairs``).
 
 Each document is summarized by k sentences picked by each of the Summarize tab's methods
-(``llm_memory.tasks.summarize.SUMMARY_METHODS``): ``summarizer``, the sentences the summarization-tuned checkpoint finds
-likeliest as the summary; ``lead``, the first sentences (lead-k, the usual strong baseline: docstrings
-often open with their point); ``centroid`` and ``attention``, those the language model ranks highest
+(``llm_memory.tasks.summarize.SUMMARY_METHODS``): ``learned``, the sentence scorer saved with the language
+model (fitted on package docstrings' training pairs, ``llm_memory.tasks.sentence_scorer``);
+``summarizer``, the sentences closest to the summarization-tuned checkpoint's abstract; ``lead``, the
+first sentences (lead-k, the usual strong baseline: docstrings often open with their point); ``centroid`` and ``attention``, those the language model ranks highest
 (mean contextual embedding closest to the document's; most attention received); and by k random
 sentences (seeded). With a summarizer (``--summarizer``, default ``checkpoints/summarizer``), also by
 its generated abstract. The table gives the mean ROUGE-1, ROUGE-2 and ROUGE-L F1 (Lin, 2004; stemmed)
@@ -34,7 +35,7 @@ from bench._common import ROOT
 from llm_memory.serving.models import load_models
 from llm_memory.serving.settings import ServeSettings
 from llm_memory.tasks.checks import InputError, clean_text
-from llm_memory.tasks.summarize import SUMMARY_METHODS, summarize
+from llm_memory.tasks.summarize import available_methods, summarize
 from llm_memory.training.data import split_sentences
 from llm_memory.training.docstrings import load_docstring_pairs, load_package_docstrings
 
@@ -79,7 +80,7 @@ def main():
         pairs = pairs.select(range(min(args.max_pairs or len(pairs), len(pairs))))
     scorer = rouge_scorer.RougeScorer(list(METRICS), use_stemmer=True)
     rng = random.Random(args.seed)
-    methods = [m for m in SUMMARY_METHODS if m != "summarizer" or models.summarizer is not None]
+    methods = available_methods(models)
     systems = ["random", *methods] + (["abstractive"] if models.summarizer is not None else [])
     scores = {system: {metric: [] for metric in METRICS} for system in systems}
     skipped = 0

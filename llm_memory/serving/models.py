@@ -1,8 +1,8 @@
 """The models a server holds, loaded once, with the batchers that decode and classify their requests.
 
-``load_models`` loads the language model, an optional classifier and an optional summarizer, and gives
-generation one ``Batcher``: a ``GenerationBatcher`` in this process, or a ``DecoderProcess`` that decodes
-in a child process. The task functions (``llm_memory.tasks``) take the ``Models`` it returns.
+``load_models`` loads the language model (with its sentence scorer when it has one), an optional
+classifier and an optional summarizer, and gives generation one ``Batcher``: a ``GenerationBatcher`` in
+this process, or a ``DecoderProcess`` that decodes in a child process. The task functions (``llm_memory.tasks``) take the ``Models`` it returns.
 """
 
 from dataclasses import dataclass, field
@@ -14,8 +14,9 @@ from llm_memory.generation_settings import DEFAULT_MAX_NEW_TOKENS, GENERATION_RA
 from llm_memory.serving.batcher import Batcher, GenerationBatcher, batcher_options
 from llm_memory.serving.classify_batcher import ClassifyBatcher
 from llm_memory.serving.decoder_process import DecoderProcess
-from llm_memory.serving.loading import context_window, is_summarizer, load_model, source_name
+from llm_memory.serving.loading import ModelLoadError, context_window, is_summarizer, load_model, source_name
 from llm_memory.serving.settings import SERVE_DEFAULTS, ServeSettings
+from llm_memory.tasks.sentence_scorer import SentenceScorer, load_sentence_scorer
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Models:
     summarizer: PreTrainedModel | None = None
     summarizer_tokenizer: object = None
     sources: dict[str, str] = field(default_factory=dict)
+    # Ranks sentences for the Summarize tab's learned method; saved with the language model.
+    sentence_scorer: SentenceScorer | None = None
     settings: ServeSettings = SERVE_DEFAULTS
     # Decodes sampled and greedy requests: in this process, or a DecoderProcess (decoder_process.py).
     batcher: Batcher | None = field(default=None, repr=False)
@@ -93,6 +96,10 @@ def load_models(
         pack = settings.packed_linear
         lm, lm_tokenizer = load_model(model_path, AutoModelForCausalLM, "model", pack)
         sources = {"model": source_name(model_path)}
+        try:
+            sentence_scorer = load_sentence_scorer(model_path, lm.config.hidden_size)
+        except ValueError as error:
+            raise ModelLoadError(f"The model at {source_name(model_path)}: {error}", "model") from error
         classifier, classifier_tokenizer = None, None
         if classifier_path:
             classifier, classifier_tokenizer = load_model(
@@ -118,6 +125,7 @@ def load_models(
             summarizer,
             summarizer_tokenizer,
             sources,
+            sentence_scorer,
             settings=settings,
             batcher=decoder,
         )

@@ -1,7 +1,8 @@
 """Summarize: the most salient sentences of a document, and an abstract from a summarization-tuned model.
 
-Sentences are ranked by a method of ``SUMMARY_METHODS``: the lead sentences, closeness to the
-summarizer's abstract, the cosine of a sentence's mean contextual embedding to the document's
+Sentences are ranked by a method of ``SUMMARY_METHODS``: a scorer fitted on document/summary pairs over
+the language model's contextual sentence embeddings (``sentence_scorer.py``), the lead sentences,
+closeness to the summarizer's abstract, the cosine of a sentence's mean contextual embedding to the document's
 centroid (centroid summarization, Radev et al., 2004), or the attention it receives. The abstract is
 the summarizer's continuation of ``document <|sep|>`` (``training.data.summary_prompt``, the format it
 was tuned on).
@@ -14,17 +15,25 @@ import torch
 from llm_memory.serving.loading import context_window, plain_generation_config
 from llm_memory.serving.models import Models
 from llm_memory.tasks.checks import InputError, check_choice, check_number, clean_text
+from llm_memory.tasks.sentence_scorer import (
+    SCORER_FILE,
+    sentence_features,
+    sentence_token_ids,
+    sentence_vectors,
+    sentence_windows,
+)
 from llm_memory.training.data import split_sentences, summary_prompt
 from llm_memory.training.tokenization import encode
 
-# How each summary method ranks sentences (``sentence_salience``): the first sentences first (lead),
-# the sentences closest to a summarizer's abstract, and the language model's own view (centroid,
-# attention).
-SUMMARY_METHODS = ("lead", "summarizer", "centroid", "attention")
+# How each summary method ranks sentences (``sentence_salience``): a scorer fitted on summaries (learned),
+# the first sentences first (lead), the sentences closest to a summarizer's abstract, and the language
+# model's own view (centroid, attention).
+SUMMARY_METHODS = ("learned", "lead", "summarizer", "centroid", "attention")
 
 
-# The method with the best ROUGE on the docstring benchmark (bench/summarize_rouge.py; docs/benchmarks.md).
-DEFAULT_SUMMARY_METHOD = "lead"
+# The method with the best ROUGE on the docstring benchmark (bench/summarize_rouge.py; docs/benchmarks.md),
+# where the language model has a sentence scorer; lead otherwise (``default_method``).
+DEFAULT_SUMMARY_METHOD = "learned"
 
 
 # Tokens the abstractive summary may use; docstring summaries are one or two sentences.
@@ -73,21 +82,6 @@ class SummaryResult:
         return segments
 
 
-def _windows(sentence_ids: list[list[int]], window: int) -> list[list[int]]:
-    """Packs whole sentences (indices) into windows of at most ``window`` tokens, in order."""
-    windows, current, used = [], [], 0
-    for index, ids in enumerate(sentence_ids):
-        size = min(len(ids), window)
-        if current and used + size > window:
-            windows.append(current)
-            current, used = [], 0
-        current.append(index)
-        used += size
-    if current:
-        windows.append(current)
-    return windows
-
-
 def abstract_overlap(abstract: str, document: str, spans: list[tuple[int, int]]) -> list[float]:
     """Each sentence's ROUGE-1 F1 (stemmed) against the summarizer's abstract of the document: the
     sentences that say what the abstract says score high."""
@@ -102,12 +96,14 @@ def sentence_salience(
 ) -> list[float]:
     """Each sentence's salience (higher is picked first) by one of ``SUMMARY_METHODS``.
 
-    ``summarizer``: overlap with the summarizer's ``abstract`` of the document (``abstract_overlap``;
-    generated here when not given). ``lead``: the earlier, the higher. The language model
-    reads the document in windows of whole sentences for the other two. ``centroid``: cosine of the
-    sentence's mean final hidden state to the mean over the document. ``attention``: the mean attention
-    each of its tokens receives (over layers, heads and the queries that can see it), the first token
-    of each window left out since it collects attention regardless of its content (an attention sink).
+    ``learned``: the language model's sentence scorer (``sentence_scorer.py``), fitted on
+    document/summary pairs. ``summarizer``: overlap with the summarizer's ``abstract`` of the document
+    (``abstract_overlap``; generated here when not given). ``lead``: the earlier, the higher. The
+    language model reads the document in windows of whole sentences for the others. ``centroid``: cosine
+    of the sentence's mean final hidden state to the mean over the document. ``attention``: the mean
+    attention each of its tokens receives (over layers, heads and the queries that can see it), the
+    first token of each window left out since it collects attention regardless of its content (an
+    attention sink).
     """
     if method == "summarizer":
         if models.summarizer is None:
@@ -121,44 +117,44 @@ def sentence_salience(
     if method == "lead":
         return [-float(i) for i in range(len(spans))]
     model, tokenizer, window = models.lm, models.lm_tokenizer, models.window
-    # Each sentence with the whitespace before it, so that its tokens are those of the running text.
-    starts = [0] + [end for _, end in spans[:-1]]
-    sentence_ids = [
-        encode(tokenizer, document[start:end])[:window] for start, (_, end) in zip(starts, spans, strict=True)
-    ]
-    vectors, received = [None] * len(spans), [0.0] * len(spans)
-    for indices in _windows(sentence_ids, window):
+    if method in ("learned", "centroid"):
+        if method == "learned" and models.sentence_scorer is None:
+            raise InputError(
+                f"The learned method needs a sentence scorer saved with the language model ({SCORER_FILE}); "
+                "fit one with `python -m llm_memory.tasks.sentence_scorer --model FOLDER`, or pick another method."
+            )
+        vectors, sizes = sentence_vectors(model, tokenizer, window, document, spans)
+        features = sentence_features(vectors, sizes)
+        if method == "learned":
+            return models.sentence_scorer.scores(features)
+        return features[:, model.config.hidden_size].tolist()  # the cosine to the document's mean
+    sentence_ids = sentence_token_ids(tokenizer, document, spans, window)
+    received = [0.0] * len(spans)
+    for indices in sentence_windows(sentence_ids, window):
         ids = [token for i in indices for token in sentence_ids[i]]
         with torch.no_grad():
-            output = model(
-                torch.tensor([ids]),
-                output_hidden_states=method == "centroid",
-                output_attentions=method == "attention",
-                use_cache=False,
-            )
-        if method == "centroid":
-            hidden = output.hidden_states[-1][0]  # (T, H)
-        else:
-            weights = torch.stack(output.attentions)[:, 0].float().mean(dim=(0, 1))  # (T, T)
-            length = len(ids)
-            per_token = weights.sum(0) / torch.arange(length, 0, -1)  # mean over queries i >= j
-            per_token[0] = float("nan")
+            output = model(torch.tensor([ids]), output_attentions=True, use_cache=False)
+        weights = torch.stack(output.attentions)[:, 0].float().mean(dim=(0, 1))  # (T, T)
+        per_token = weights.sum(0) / torch.arange(len(ids), 0, -1)  # mean over queries i >= j
+        per_token[0] = float("nan")
         position = 0
         for i in indices:
-            size = len(sentence_ids[i])
-            if method == "centroid":
-                vectors[i] = (hidden[position : position + size].sum(0), size)
-            else:
-                values = per_token[position : position + size]
-                values = values[~values.isnan()]
-                received[i] = float(values.mean()) if len(values) else 0.0
-            position += size
-    if method == "attention":
-        return received
-    centroid = sum(total for total, _ in vectors) / sum(size for _, size in vectors)
-    return [
-        float(torch.nn.functional.cosine_similarity(total / size, centroid, dim=0)) for total, size in vectors
-    ]
+            values = per_token[position : position + len(sentence_ids[i])]
+            values = values[~values.isnan()]
+            received[i] = float(values.mean()) if len(values) else 0.0
+            position += len(sentence_ids[i])
+    return received
+
+
+def available_methods(models: Models) -> list[str]:
+    """The methods these models can run: ``learned`` needs a sentence scorer, ``summarizer`` a summarizer."""
+    missing = {"learned": models.sentence_scorer is None, "summarizer": models.summarizer is None}
+    return [method for method in SUMMARY_METHODS if not missing.get(method)]
+
+
+def default_method(models: Models) -> str:
+    """``learned`` when the language model has a sentence scorer, else ``lead``."""
+    return DEFAULT_SUMMARY_METHOD if models.sentence_scorer is not None else "lead"
 
 
 def summarize(
@@ -170,12 +166,12 @@ def summarize(
 ) -> SummaryResult:
     """Picks the ``num_sentences`` most salient sentences (by ``method``, see ``sentence_salience``).
 
-    ``method`` defaults to ``DEFAULT_SUMMARY_METHOD``. With ``abstractive`` and a summarizer loaded, the
+    ``method`` defaults to ``default_method(models)``. With ``abstractive`` and a summarizer loaded, the
     result also holds a generated abstract.
     """
     text = clean_text(text, max_chars=models.settings.max_input_chars)
     num_sentences = check_number("num_sentences", num_sentences)
-    method = check_choice("method", method or DEFAULT_SUMMARY_METHOD, SUMMARY_METHODS)
+    method = check_choice("method", method or default_method(models), SUMMARY_METHODS)
     spans = split_sentences(text)
     wants_abstract = models.summarizer is not None and (abstractive or method == "summarizer")
     abstract = generate_abstract(models, text) if wants_abstract else None
