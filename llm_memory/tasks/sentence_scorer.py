@@ -1,13 +1,14 @@
 """A learned sentence salience for extractive summaries, fitted on document/summary pairs.
 
 A linear scorer over the language model's contextual sentence embeddings and each sentence's place in
-the document. Each sentence is read in context (the document in windows of whole sentences) and described by its
-mean final hidden state, that state's cosine to the document's mean, its relative position, whether it
-is the first, second or third, and its length. A logistic regression fitted on document/summary pairs
-learns which sentence is closest (ROUGE-1) to the person's summary, the extractive oracle label that
-supervised extractive summarizers train on. It is saved next to the language model as
-``sentence_scorer.json``, so the Summarize tab's ``learned`` method scores with the model that made its
-features. Fitting needs scikit-learn (the ``train`` extra); scoring needs only torch.
+the document. Each sentence is read in context (the document in windows of whole sentences) and
+described by its mean final hidden state, that state's cosine to the document's mean, its relative
+position, whether it is the first, second or third, and its length. A logistic regression fitted on
+document/summary pairs learns which sentence is closest (ROUGE-1) to the person's summary, the
+extractive oracle label that supervised extractive summarizers train on. It is saved next to the
+language model as ``sentence_scorer.json``, so the Summarize tab's ``learned`` method scores with the
+model that made its features. Fitting needs scikit-learn and rouge-score (the ``train`` extra);
+scoring needs only torch.
 
     python -m llm_memory.tasks.sentence_scorer --model checkpoints/memory-lm [--max_pairs 3000] [--C 0.1]
 """
@@ -78,9 +79,8 @@ def sentence_vectors(
     for indices in sentence_windows(sentence_ids, window):
         ids = [token for i in indices for token in sentence_ids[i]]
         with torch.no_grad():
-            hidden = model(torch.tensor([ids]), output_hidden_states=True, use_cache=False).hidden_states[-1][
-                0
-            ]
+            output = model(torch.tensor([ids]), output_hidden_states=True, use_cache=False)
+        hidden = output.hidden_states[-1][0]  # (T, H)
         position = 0
         for i in indices:
             size = len(sentence_ids[i])
@@ -164,7 +164,8 @@ class SentenceScorer:
             raise ValueError(f"The sentence scorer {SCORER_FILE} cannot be read: {error}. {refit}") from error
         if scorer.hidden_size != hidden_size:
             raise ValueError(
-                f"The sentence scorer was fitted on hidden states of size {scorer.hidden_size}, but the model's are {hidden_size}. {refit}"
+                f"The sentence scorer was fitted on hidden states of size {scorer.hidden_size}, but the "
+                f"model's are {hidden_size}. {refit}"
             )
         return scorer
 
@@ -190,6 +191,7 @@ def oracle_overlaps(document: str, spans: list[tuple[int, int]], summary: str, s
 def document_features(
     model, tokenizer, window: int, document: str
 ) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """The document's sentence spans and their features (``sentence_features``)."""
     spans = split_sentences(document)
     vectors, sizes = sentence_vectors(model, tokenizer, window, document, spans)
     return spans, sentence_features(vectors, sizes)
