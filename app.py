@@ -2,7 +2,7 @@
 
     python app.py [--model PATH_OR_HUB_ID] [--classifier ...] [--summarizer ...] [--host 0.0.0.0] [--port 7860] [--share]
 
-The embedded ``checkpoints/memory-lm``, ``checkpoints/sentiment`` and ``checkpoints/memory-passkey`` are the
+The embedded ``checkpoints/memory-lm``, ``checkpoints/sentiment`` and ``checkpoints/memory`` are the
 defaults; flags and the LLM_MEMORY_* variables choose others (``llm_memory/serving/settings.py``).
 """
 

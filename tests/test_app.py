@@ -64,7 +64,7 @@ def checkpoints(tiny_checkpoints):
 @pytest.fixture(scope="module")
 def server(checkpoints, free_port):
     models = load_models(checkpoints["model"], checkpoints["classifier"])
-    demo = demo_app.build_demo(models, ROOT / "checkpoints" / "memory-passkey")
+    demo = demo_app.build_demo(models, ROOT / "checkpoints" / "memory")
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     yield f"http://127.0.0.1:{port}/", models

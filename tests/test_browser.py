@@ -63,7 +63,7 @@ def app_url(tiny_checkpoints, free_port):
     models = load_models(
         checkpoints["model"], checkpoints["classifier"], checkpoints["summarizer"], decoder_process=True
     )
-    demo = build_demo(models, ROOT / "checkpoints" / "memory-passkey")
+    demo = build_demo(models, ROOT / "checkpoints" / "memory")
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     yield f"http://127.0.0.1:{port}/"

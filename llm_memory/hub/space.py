@@ -29,7 +29,7 @@ CHECKPOINTS = {
     "summarizer": ("checkpoints/summarizer", "LLM_MEMORY_SUMMARIZER"),
 }
 # The Memory tab's model, where the demo looks for it.
-MEMORY_CHECKPOINT = "checkpoints/memory-passkey"
+MEMORY_CHECKPOINT = "checkpoints/memory"
 # Training leftovers that a Space does not need.
 SKIPPED = shutil.ignore_patterns(
     "checkpoint-*",

@@ -67,7 +67,7 @@ class ServeSettings:
         """The settings with every ``LLM_MEMORY_*`` variable of ``environ`` (default: the process's)
         applied; an empty variable counts as unset. With ``checkpoints_dir``, the models default to
         the embedded ones there: ``memory-lm``, ``sentiment``, ``summarizer`` (when it exists) and
-        ``memory-passkey``."""
+        ``memory``."""
         environ = os.environ if environ is None else environ
         values = {}
         if checkpoints_dir is not None:
@@ -76,7 +76,7 @@ class ServeSettings:
                 "model": str(folder / "memory-lm"),
                 "classifier": str(folder / "sentiment"),
                 "summarizer": str(folder / "summarizer") if (folder / "summarizer").is_dir() else None,
-                "memory_model": str(folder / "memory-passkey"),
+                "memory_model": str(folder / "memory"),
             }
         for name, (variable, parse) in ENVIRONMENT.items():
             text = environ.get(variable, "")
