@@ -212,7 +212,7 @@ def test_curves_note_tells_a_shared_fine_tune():
     }
     curves, note = benchmark_curves("passkey", {"passkey": report}, "memory model")
     assert curves is not None
-    assert "one model fine-tuned from `checkpoints/memory-lm` for 3600 steps, read the three ways" in note
+    assert "one model fine-tuned from `checkpoints/memory-lm` for 3,600 steps, read the three ways" in note
     assert "64-token window" in note
     # Fine-tuned again from that folder: the note counts from the first model, over both stages.
     first = {
@@ -224,7 +224,7 @@ def test_curves_note_tells_a_shared_fine_tune():
     again = {**report, "model": "passkey-model", "train_steps": 400, "curriculum_steps": 0}
     again["stages"] = [first, {**first, "model": "passkey-model", "train_steps": 400, "curriculum_steps": 0}]
     _, note = benchmark_curves("passkey", {"passkey": again}, "memory model")
-    assert "fine-tuned from `checkpoints/memory-lm` for 4000 steps in 2 stages, read the three ways" in note
+    assert "fine-tuned from `checkpoints/memory-lm` for 4,000 steps in 2 stages, read the three ways" in note
 
 
 def test_embedded_memory_model_carries_its_own_curves_for_four_tasks():

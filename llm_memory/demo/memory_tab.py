@@ -140,9 +140,9 @@ def benchmark_curves(task: str, reports: Mapping[str, dict], model_name: str) ->
     if not stages:
         tuning = "evaluated as it is, without fine-tuning"
     elif report.get("share_fine_tune") or not report["train_steps"]:
-        tuning = f"one model fine-tuned from `{origin}` for {steps} steps{in_stages}, read the three ways"
+        tuning = f"one model fine-tuned from `{origin}` for {steps:,} steps{in_stages}, read the three ways"
     else:
-        tuning = f"{steps} fine-tuning steps per variant from `{origin}`{in_stages}"
+        tuning = f"{steps:,} fine-tuning steps per variant from `{origin}`{in_stages}"
     return accuracy_figure(report), (
         f"`{model_name}` on `{task}`: a {report['window']}-token window, {report['samples']} probes per "
         f"distance, {tuning}."
