@@ -2,7 +2,8 @@
 
 ``load_models`` loads the language model (with its sentence scorer when it has one), an optional
 classifier and an optional summarizer, and gives generation one ``Batcher``: a ``GenerationBatcher`` in
-this process, or a ``DecoderProcess`` that decodes in a child process. The task functions (``llm_memory.tasks``) take the ``Models`` it returns.
+this process, or a ``DecoderProcess`` that decodes in a child process. The task functions
+(``llm_memory.tasks``) take the ``Models`` it returns.
 """
 
 from dataclasses import dataclass, field

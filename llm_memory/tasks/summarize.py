@@ -2,8 +2,8 @@
 
 Sentences are ranked by a method of ``SUMMARY_METHODS``: a scorer fitted on document/summary pairs over
 the language model's contextual sentence embeddings (``sentence_scorer.py``), the lead sentences,
-closeness to the summarizer's abstract, the cosine of a sentence's mean contextual embedding to the document's
-centroid (centroid summarization, Radev et al., 2004), or the attention it receives. The abstract is
+closeness to the summarizer's abstract, the cosine of a sentence's mean contextual embedding to the
+document's centroid (centroid summarization, Radev et al., 2004), or the attention it receives. The abstract is
 the summarizer's continuation of ``document <|sep|>`` (``training.data.summary_prompt``, the format it
 was tuned on).
 """
