@@ -167,3 +167,9 @@ def test_the_embedded_language_model_ships_a_scorer_that_beat_lead_on_validation
     assert fitted["model"] == folder and fitted["data"].startswith("package_docstrings train")
     learned, lead = fitted["validation_rouge"]["learned"], fitted["validation_rouge"]["lead"]
     assert learned["rouge1"] > lead["rouge1"] and learned["rougeL"] > lead["rougeL"]
+
+
+def test_the_command_needs_a_folder_to_save_into(capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", "someone/a-hub-model"])
+    assert "is not a local folder; give --output FOLDER" in capsys.readouterr().err

@@ -279,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_pairs < 1 or args.validation_pairs < 1 or not args.C > 0:
         parser.error("--max_pairs and --validation_pairs must be at least 1, and --C above 0.")
+    if args.output is None and not Path(args.model).is_dir():
+        parser.error(
+            f"--model {args.model} is not a local folder; give --output FOLDER to save the scorer in."
+        )
+    output = Path(args.output or args.model)
+    output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -301,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "validation_pairs": len(validation),
         "validation_rouge": figures,
     }
-    path = scorer.save(args.output or args.model)
+    path = scorer.save(output)
     learned, lead = figures["learned"], figures["lead"]
     print(
         f"Fitted on {scorer.fitted['documents']} documents ({scorer.fitted['sentences']} sentences). "
