@@ -3,10 +3,12 @@ with it, and the Summarize tab's default where it exists."""
 
 import json
 import shutil
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
+from llm_memory import MemoryTransformerForCausalLM
 from llm_memory.serving.loading import ModelLoadError
 from llm_memory.serving.models import load_models
 from llm_memory.tasks.checks import InputError
@@ -125,10 +127,23 @@ def test_a_broken_scorer_file_stops_loading_with_what_to_do(
 
 def test_a_scorer_for_another_hidden_size_is_refused(scorer, tmp_path):
     path = scorer.save(tmp_path)
+    other = SimpleNamespace(config=SimpleNamespace(hidden_size=7))
     with pytest.raises(
         ValueError, match=f"hidden states of size {scorer.hidden_size}, but the model's are 7"
     ):
-        SentenceScorer.load(path, 7)
+        SentenceScorer.load(path, other)
+
+
+def test_a_scorer_beside_retrained_weights_is_refused(scorer, tiny_checkpoints, tmp_path):
+    folder = tmp_path / "lm"
+    shutil.copytree(tiny_checkpoints["model"], folder)
+    scorer.save(folder)
+    model = MemoryTransformerForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[0, 0] += 1.0  # the same shapes, other weights
+    model.save_pretrained(folder)
+    with pytest.raises(ModelLoadError, match="fitted on another model's hidden states"):
+        load_models(str(folder))
 
 
 def test_pairs_without_a_shared_word_cannot_fit(lm):
@@ -162,8 +177,8 @@ def test_the_command_fits_on_package_docstrings_and_reports_against_lead(tiny_ch
 
 def test_the_embedded_language_model_ships_a_scorer_that_beat_lead_on_validation():
     folder = "checkpoints/memory-lm"
-    hidden = json.loads(Path(folder, "config.json").read_text())["hidden_size"]
-    fitted = SentenceScorer.load(f"{folder}/{SCORER_FILE}", hidden).fitted
+    model = MemoryTransformerForCausalLM.from_pretrained(folder)  # the scorer matches its weights
+    fitted = SentenceScorer.load(f"{folder}/{SCORER_FILE}", model).fitted
     assert fitted["model"] == folder and fitted["data"].startswith("package_docstrings train")
     learned, lead = fitted["validation_rouge"]["learned"], fitted["validation_rouge"]["lead"]
     assert learned["rouge1"] > lead["rouge1"] and learned["rougeL"] > lead["rougeL"]

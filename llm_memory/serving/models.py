@@ -98,7 +98,7 @@ def load_models(
         lm, lm_tokenizer = load_model(model_path, AutoModelForCausalLM, "model", pack)
         sources = {"model": source_name(model_path)}
         try:
-            sentence_scorer = load_sentence_scorer(model_path, lm.config.hidden_size)
+            sentence_scorer = load_sentence_scorer(model_path, lm)
         except ValueError as error:
             raise ModelLoadError(f"The model at {source_name(model_path)}: {error}", "model") from error
         classifier, classifier_tokenizer = None, None

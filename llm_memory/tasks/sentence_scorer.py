@@ -14,6 +14,7 @@ scoring needs only torch.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -116,6 +117,8 @@ class SentenceScorer:
     """``score = ((features - mean) / scale) @ coef + intercept``, one per sentence."""
 
     hidden_size: int
+    # ``weights_fingerprint`` of the model whose hidden states it was fitted on.
+    model_fingerprint: str
     mean: list[float]
     scale: list[float]
     coef: list[float]
@@ -149,29 +152,40 @@ class SentenceScorer:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, hidden_size: int) -> "SentenceScorer":
-        """The scorer in ``path``, checked against the model's ``hidden_size``; a clear ValueError otherwise."""
+    def load(cls, path: str | os.PathLike, model) -> "SentenceScorer":
+        """The scorer in ``path``, checked against ``model`` (its hidden size and weights); a clear
+        ValueError otherwise."""
         refit = f"Refit it: python -m llm_memory.tasks.sentence_scorer --model FOLDER ({path})."
         try:
             data = json.loads(Path(path).read_text())
             if not isinstance(data, dict) or data.get("format") != FORMAT:
                 raise ValueError(f"it is not a {FORMAT} file")
-            scorer = cls(
-                **{key: data[key] for key in ("hidden_size", "mean", "scale", "coef", "intercept")},
-                fitted=data.get("fitted", {}),
-            )
+            keys = ("hidden_size", "model_fingerprint", "mean", "scale", "coef", "intercept")
+            scorer = cls(**{key: data[key] for key in keys}, fitted=data.get("fitted", {}))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ValueError(f"The sentence scorer {SCORER_FILE} cannot be read: {error}. {refit}") from error
-        if scorer.hidden_size != hidden_size:
+        if scorer.hidden_size != model.config.hidden_size:
             raise ValueError(
                 f"The sentence scorer was fitted on hidden states of size {scorer.hidden_size}, but the "
-                f"model's are {hidden_size}. {refit}"
+                f"model's are {model.config.hidden_size}. {refit}"
+            )
+        if scorer.model_fingerprint != weights_fingerprint(model):
+            raise ValueError(
+                f"The sentence scorer was fitted on another model's hidden states (its weights changed since). {refit}"
             )
         return scorer
 
 
-def load_sentence_scorer(model_path: str | os.PathLike, hidden_size: int) -> SentenceScorer | None:
-    """The scorer saved with the language model at ``model_path`` (a folder or a Hub id), or None."""
+def weights_fingerprint(model) -> str:
+    """A short hash of the model's input embeddings: a scorer fitted on one model's hidden states is
+    refused by a retrained one of the same shape."""
+    weights = model.get_input_embeddings().weight.detach().float().contiguous()
+    return hashlib.sha256(weights.numpy().tobytes()).hexdigest()[:16]
+
+
+def load_sentence_scorer(model_path: str | os.PathLike, model) -> SentenceScorer | None:
+    """The scorer saved with the language model at ``model_path`` (a folder or a Hub id), checked against
+    the loaded ``model``, or None when there is none."""
     from transformers.utils import cached_file
 
     path = cached_file(
@@ -180,7 +194,7 @@ def load_sentence_scorer(model_path: str | os.PathLike, hidden_size: int) -> Sen
         _raise_exceptions_for_missing_entries=False,
         _raise_exceptions_for_connection_errors=False,
     )
-    return SentenceScorer.load(path, hidden_size) if path else None
+    return SentenceScorer.load(path, model) if path else None
 
 
 def oracle_overlaps(document: str, spans: list[tuple[int, int]], summary: str, scorer) -> list[float]:
@@ -226,6 +240,7 @@ def fit_sentence_scorer(
     regression = LogisticRegression(C=C, max_iter=2000).fit(((features - mean) / scale).numpy(), labels)
     return SentenceScorer(
         hidden_size=model.config.hidden_size,
+        model_fingerprint=weights_fingerprint(model),
         mean=mean.tolist(),
         scale=scale.tolist(),
         coef=regression.coef_[0].tolist(),
