@@ -178,8 +178,9 @@ class SentenceScorer:
 
 def weights_fingerprint(model) -> str:
     """A short hash of the model's input embeddings: a scorer fitted on one model's hidden states is
-    refused by a retrained one of the same shape."""
-    weights = model.get_input_embeddings().weight.detach().float().contiguous()
+    refused by a retrained one of the same shape. (The embeddings, not every weight: serving may repack
+    the linear layers. A retraining that left the embeddings frozen would not be caught.)"""
+    weights = model.get_input_embeddings().weight.detach().float().cpu().contiguous()
     return hashlib.sha256(weights.numpy().tobytes()).hexdigest()[:16]
 
 
