@@ -46,6 +46,9 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_test", type=int, default=None, help="score only the first N test reviews")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where the models run"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -59,7 +62,7 @@ def main(argv=None):
         name, folder = spec.split("=", 1)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         tokenizer.truncation_side = "left"  # both readings keep the review's end
-        model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        model = AutoModelForSequenceClassification.from_pretrained(folder).to(args.device).eval()
         window = model.config.max_position_embeddings
         lengths = np.array(
             [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
@@ -92,7 +95,12 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as file:
             json.dump(
-                {"test_reviews": len(texts), "max_windows": args.max_windows, "models": results},
+                {
+                    "test_reviews": len(texts),
+                    "max_windows": args.max_windows,
+                    "device": args.device,
+                    "models": results,
+                },
                 file,
                 indent=2,
             )

@@ -32,6 +32,7 @@ from llm_memory.training import data, prepare, training_log
 from llm_memory.training.arguments import make_parser, parse_args, preset_names, read_preset
 from llm_memory.training.callbacks import ThroughputCallback, device_peak_flops
 from llm_memory.training.checkpoints import (
+    TIME_LIMIT_KEY,
     checkpoint_is_complete,
     last_complete_checkpoint,
     move_into_place,
@@ -401,6 +402,26 @@ def test_resumed_run_logs_the_same_losses_as_an_uninterrupted_one(text_files, tm
         assert float(part_row["perplexity"]) == pytest.approx(math.exp(float(part_row["loss"])), rel=1e-3)
         assert float(part_row["progress"]) == pytest.approx(int(part_row["step"]) / 6, abs=1e-4)
         assert float(part_row["eta_seconds"]) >= 0
+
+
+@pytest.mark.slow  # two sittings of one run
+def test_a_sitting_ended_by_its_time_limit_writes_a_model_and_resume_continues_the_run(text_files, tmp_path):
+    files = ["--train_file", str(text_files["train_txt"]), "--validation_file", str(text_files["valid_txt"])]
+    steps = ["--max_steps", "6", "--save_steps", "99", "--eval_steps", "3", "--logging_steps", "1"]
+    command = tiny(tmp_path / "run", *files, *steps)
+    # A limit already reached after the first step: that step is evaluated, saved and written as the model.
+    assert training_main([*command, "--max_train_minutes", "1e-9"]) == 0
+    first = results(tmp_path / "run")
+    assert first[TIME_LIMIT_KEY] == 1
+    assert "eval_loss" in first
+    assert (tmp_path / "run" / "config.json").is_file()
+    assert last_complete_checkpoint(str(tmp_path / "run")).endswith("checkpoint-1")
+    # The next sitting, without a limit, continues from step 1 to the end, and the run is then finished.
+    assert training_main([*command, "--resume"]) == 0
+    finished = results(tmp_path / "run")
+    assert TIME_LIMIT_KEY not in finished
+    assert sorted(logged_losses(tmp_path / "run")) == [1, 2, 3, 4, 5, 6]
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
 
 
 @pytest.mark.slow  # interrupts a run and resumes it

@@ -181,6 +181,13 @@ class RunArguments:
             "(default per task: loss for lm and summarization, f1 for classification). Needs --eval_strategy."
         },
     )
+    max_train_minutes: float | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "End this sitting after this many minutes of training: the step reached is evaluated, "
+            "saved as a checkpoint and written as the model, and --resume continues from it later."
+        },
+    )
     peak_flops: float | None = dataclasses.field(
         default=None,
         metadata={

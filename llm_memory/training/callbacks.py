@@ -122,3 +122,29 @@ class NonFiniteLossCallback(TrainerCallback):
                 control.should_training_stop = True
                 control.should_save = False
                 control.should_evaluate = False
+
+
+class TimeLimitCallback(TrainerCallback):
+    """Ends training once this sitting has trained for ``minutes``: the step reached is evaluated (where
+    the run evaluates) and saved as a checkpoint, so ``--resume`` continues from it in a later sitting,
+    and the run then finishes as usual (the best checkpoint loaded where the run keeps the best)."""
+
+    def __init__(self, minutes: float):
+        self.seconds = 60 * minutes
+        self.start = None
+        self.stopped_at: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if (
+            self.start is None
+            or time.monotonic() - self.start < self.seconds
+            or state.global_step >= state.max_steps
+        ):
+            return
+        self.stopped_at = state.global_step
+        control.should_training_stop = True
+        control.should_save = True
+        control.should_evaluate = args.eval_strategy != "no"

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 # The file that makes a folder look like a model: it is moved into the output folder last.
 FINAL_MARKER = "config.json"
+# In all_results.json of a sitting ended by --max_train_minutes: the step it reached (the run goes on).
+TIME_LIMIT_KEY = "stopped_by_time_limit_at_step"
 
 
 def checkpoint_is_complete(folder: str) -> bool:
@@ -91,11 +93,13 @@ def foreign_entries(output_dir: str) -> list[str]:
 
 
 def finished_run_metrics(args: Arguments) -> dict | None:
-    """With --resume on a run that already wrote its final model: that run's metrics (nothing to do)."""
+    """With --resume on a run that already wrote its final model: that run's metrics (nothing to do).
+    A sitting ended by --max_train_minutes wrote a model but is not finished: None, so it continues."""
     output_dir = args.training.output_dir
     results = Path(output_dir, "all_results.json")
     if args.run.resume and Path(output_dir, FINAL_MARKER).is_file() and results.is_file():
-        return json.loads(results.read_text())
+        metrics = json.loads(results.read_text())
+        return None if TIME_LIMIT_KEY in metrics else metrics
     return None
 
 

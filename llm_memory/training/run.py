@@ -68,11 +68,13 @@ from llm_memory.training.calibration import calibrate
 from llm_memory.training.callbacks import (
     NonFiniteLossCallback,
     ThroughputCallback,
+    TimeLimitCallback,
     TrainingDiverged,
     device_peak_flops,
     training_flops_per_token,
 )
 from llm_memory.training.checkpoints import (
+    TIME_LIMIT_KEY,
     find_checkpoint,
     finished_run_metrics,
     move_into_place,
@@ -139,9 +141,16 @@ def hyperparameters(args: Arguments, trainer: Trainer) -> dict:
 
 
 def save_final_model(
-    trainer: Trainer, args: Arguments, metrics: dict[str, float], label_names: list[str] | None
+    trainer: Trainer,
+    args: Arguments,
+    metrics: dict[str, float],
+    label_names: list[str] | None,
+    keep_checkpoints: bool = False,
 ) -> None:
-    """Writes model, tokenizer, card and results to a sibling folder, then moves them into --output_dir."""
+    """Writes model, tokenizer, card and results to a sibling folder, then moves them into --output_dir.
+
+    The Trainer's checkpoints are removed, unless ``keep_checkpoints`` (a sitting ended by its time
+    limit, which --resume continues)."""
     output_dir = args.training.output_dir
     staging = staging_dir(output_dir)
     if trainer.is_world_process_zero():
@@ -175,7 +184,7 @@ def save_final_model(
         (staging / "README.md").write_text(build_model_card(card), encoding="utf-8")
         move_into_place(staging, output_dir)
         # The finished folder is the model's repository: the Trainer's checkpoints served only to resume.
-        for entry in Path(output_dir).glob("checkpoint-*"):
+        for entry in Path(output_dir).glob("checkpoint-*") if not keep_checkpoints else ():
             if entry.is_dir():
                 shutil.rmtree(entry)
     trainer.accelerator.wait_for_everyone()
@@ -251,6 +260,9 @@ def run(args: Arguments, callbacks: Sequence[TrainerCallback] = ()) -> dict[str,
     trainer_callbacks = [stop_on_nan, throughput, progress, *callbacks]
     if run_args.early_stopping_patience is not None:
         trainer_callbacks.append(EarlyStoppingCallback(run_args.early_stopping_patience))
+    time_limit = TimeLimitCallback(run_args.max_train_minutes) if run_args.max_train_minutes else None
+    if time_limit is not None:
+        trainer_callbacks.append(time_limit)
     windowed = data_args.memory_windows > 1
     trainer_class = (
         partial(WindowedClassificationTrainer, window=prepared.block_size) if windowed else Trainer
@@ -302,6 +314,16 @@ def run(args: Arguments, callbacks: Sequence[TrainerCallback] = ()) -> dict[str,
         )
         logger.info("Calibration on the validation split: %s", calibration)
     metrics = final_metrics(trainer, train_result.metrics, args, prepared)
+    stopped_at = time_limit.stopped_at if time_limit is not None else None
+    if stopped_at is not None:
+        metrics[TIME_LIMIT_KEY] = stopped_at
+        logger.info(
+            "--max_train_minutes %g ended this sitting at step %d of %d; the model written is that of this "
+            "point, and the same command with --resume continues the run.",
+            run_args.max_train_minutes,
+            stopped_at,
+            trainer.state.max_steps,
+        )
     if calibration is not None:
         metrics["eval_temperature"] = calibration["temperature"]
         metrics["eval_ece"] = calibration["calibrated"]["ece"]
@@ -312,7 +334,7 @@ def run(args: Arguments, callbacks: Sequence[TrainerCallback] = ()) -> dict[str,
         os.makedirs(run_args.weights_digest_dir, exist_ok=True)
         path = Path(run_args.weights_digest_dir, f"rank{training_args.process_index}.sha256")
         path.write_text(weights_digest(model) + "\n")
-    save_final_model(trainer, args, metrics, prepared.label_names)
+    save_final_model(trainer, args, metrics, prepared.label_names, keep_checkpoints=stopped_at is not None)
     logger.info("Wrote the model to %s", training_args.output_dir)
     return metrics
 
