@@ -64,8 +64,10 @@ def main(argv=None):
     )
     parser.add_argument("--models", nargs="+", required=True, help="NAME=FOLDER of each classifier.")
     parser.add_argument(
-        "--baseline_data", choices=("sentiment_mix", "movie_reviews"), default="sentiment_mix",
-        help="What TF-IDF + LR is fitted on: the mixed-length sentiment mix, or the reviews as they are.",
+        "--baseline_data", choices=("sentiment_mix", "sentiment_pairs_mix", "movie_reviews"),
+        default="sentiment_mix",
+        help="What TF-IDF + LR is fitted on: the mixed-length sentiment mix (with its sentence pairs), or "
+        "the reviews as they are.",
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
@@ -73,9 +75,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     sets = test_sets()
     train = (
-        load_sentiment_mix()["train"]
-        if args.baseline_data == "sentiment_mix"
-        else load_movie_reviews()["train"]
+        load_movie_reviews()["train"]
+        if args.baseline_data == "movie_reviews"
+        else load_sentiment_mix(pairs=args.baseline_data == "sentiment_pairs_mix")["train"]
     )
 
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=200_000)

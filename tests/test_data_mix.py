@@ -101,6 +101,58 @@ def test_the_sentiment_mix_reads_reviews_whole_by_their_ends_and_critic_sentence
     assert data_mix.load_sentiment_mix()["train"]["text"] == train["text"]  # the same every time
 
 
+def test_sentence_pairs_take_the_label_of_the_clause_a_contrast_favours():
+    import random
+
+    negative = ["The plot is a mess.", "Dull and far too long."]
+    positive = ["The acting is superb.", "A warm and funny film!"]
+    rows = data_mix.sentence_pairs(negative + positive, [0, 0, 1, 1], random.Random(0), 300)
+    assert len(rows) == 300
+    assert {kind for _, _, kind in rows} == {"contrast pair", "joined pair"}
+    clauses = {
+        0: {"the plot is a mess", "dull and far too long"},
+        1: {"the acting is superb", "a warm and funny film"},
+    }
+    for text, label, kind in rows:
+        assert text.endswith(".") and text[0].isupper()
+        if text.startswith("Although "):
+            first, second = text.removeprefix("Although ").removesuffix(".").split(", ", 1)
+        else:
+            first, joiner, second = text.removesuffix(".").partition(
+                ", but " if kind == "contrast pair" else ", and "
+            )
+            assert joiner
+        first, second = first.lower(), second.lower()
+        first_label = 0 if first in clauses[0] else 1
+        assert first in clauses[first_label] and second in clauses[label]
+        assert (label == first_label) == (kind == "joined pair")
+    # Each label and kind is well represented: the contrast word alone does not decide the label.
+    contrast = [label for _, label, kind in rows if kind == "contrast pair"]
+    joined = [label for _, label, kind in rows if kind == "joined pair"]
+    assert 0.3 < sum(contrast) / len(contrast) < 0.7 and 0.3 < sum(joined) / len(joined) < 0.7
+    assert len(joined) > 50
+    # A sentence too long for a clause is not used; a label with no sentences gives no pairs.
+    assert data_mix.sentence_pairs(["word " * 30, "Fine."], [0, 1], random.Random(0), 5) == []
+
+
+def test_the_sentiment_pairs_mix_adds_pairs_of_each_splits_own_critic_sentences():
+    plain, paired = data_mix.load_sentiment_mix(), data_mix.load_sentiment_mix(pairs=True)
+    for name in ("train", "validation"):
+        kinds = paired[name]["kind"]
+        pairs = [t for t, k in zip(paired[name]["text"], kinds, strict=True) if k.endswith("pair")]
+        critic = [
+            t for t, k in zip(plain[name]["text"], plain[name]["kind"], strict=True) if k == "critic sentence"
+        ]
+        assert len(paired[name]) == len(plain[name]) + len(pairs)
+        assert len(pairs) == round(data_mix.PAIRS_PER_SENTENCE * len(critic))
+        # Every clause is a critic sentence of the same split (the validation pairs never reuse training text).
+        clauses = {data_mix._clause(t).lower() for t in critic}
+        for text in pairs[:100]:
+            body = text.removeprefix("Although ").removesuffix(".").lower()
+            assert any(body.startswith(c) for c in clauses) and any(body.endswith(c) for c in clauses), text
+    assert data_mix.load_sentiment_mix(pairs=True)["train"]["text"] == paired["train"]["text"]
+
+
 def test_a_review_end_is_its_last_sentences():
     import random
 

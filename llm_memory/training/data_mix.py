@@ -24,6 +24,12 @@ texts of three lengths, so that a one-line review is read as well as a long one:
 (a classifier that keeps the end of a long text reads its last window), the review's end (its last
 one to three sentences, where reviewers give their verdict) and the critic sentences of Rotten
 Tomatoes as they are. The test split is left out of it: benchmarks read the reviews' own.
+
+The sentiment pairs mix (``sentiment_pairs_mix``, ``load_sentiment_mix(pairs=True)``) adds pairs of a
+split's critic sentences joined into one sentence, so that a sentence whose sense turns on a contrast
+is read by the clause that carries it: two of opposite labels joined by a contrast ("A, but B";
+"Although A, B") take the label of B, and two of the same label joined by "and" keep it, so that the
+contrast word alone does not decide. No word list is involved: both clauses are real critic sentences.
 """
 
 import argparse
@@ -156,9 +162,53 @@ def review_end(text: str, rng: random.Random) -> str | None:
     return end if len(end.split()) >= MIN_END_WORDS else None
 
 
-def load_sentiment_mix(seed: int = 0) -> DatasetDict:
+# Pairs per critic sentence of a split, and the longest sentence (in words) that a pair takes.
+PAIRS_PER_SENTENCE = 0.5
+MAX_PAIR_CLAUSE_WORDS = 20
+# Shares of the pair kinds: "A, but B" and "Although A, B" (opposite labels), "A, and B" (the same label).
+PAIR_KINDS = (("but", 0.4), ("although", 0.3), ("and", 0.3))
+
+
+def _clause(sentence: str) -> str:
+    """A sentence as a clause: its final punctuation gone, its first letter lowered unless it begins a
+    name or an acronym (the next letter is upper case) or is the pronoun I."""
+    clause = sentence.strip().rstrip(".!?;:, ")
+    if len(clause) > 1 and clause[0].isupper() and not clause[1].isupper() and not clause.startswith("I "):
+        clause = clause[0].lower() + clause[1:]
+    return clause
+
+
+def _capitalized(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def sentence_pairs(
+    texts: list[str], labels: list[int], rng: random.Random, count: int
+) -> list[tuple[str, int, str]]:
+    """``count`` (text, label, kind) pairs of the given sentences, as the module docstring describes;
+    kind is "contrast pair" or "joined pair"."""
+    by_label: dict[int, list[str]] = {0: [], 1: []}
+    for text, label in zip(texts, labels, strict=True):
+        if 3 <= len(text.split()) <= MAX_PAIR_CLAUSE_WORDS:
+            by_label[label].append(text)
+    if not by_label[0] or not by_label[1]:
+        return []
+    names, weights = zip(*PAIR_KINDS, strict=True)
+    rows = []
+    for _ in range(count):
+        kind = rng.choices(names, weights)[0]
+        first = rng.randint(0, 1)
+        second = first if kind == "and" else 1 - first
+        a, b = _clause(rng.choice(by_label[first])), _clause(rng.choice(by_label[second]))
+        text = f"Although {a}, {b}." if kind == "although" else f"{_capitalized(a)}, {kind} {b}."
+        rows.append((text, second, "joined pair" if kind == "and" else "contrast pair"))
+    return rows
+
+
+def load_sentiment_mix(seed: int = 0, pairs: bool = False) -> DatasetDict:
     """``train`` and ``validation`` of labelled texts of mixed lengths (columns ``text``, ``label``
-    and ``kind``: review, review end or critic sentence), from the reviews' own splits."""
+    and ``kind``: review, review end or critic sentence, and with ``pairs`` contrast pair or joined
+    pair), from the reviews' own splits."""
     reviews = load_movie_reviews()
     rng = random.Random(seed)
     splits = {}
@@ -179,6 +229,17 @@ def load_sentiment_mix(seed: int = 0) -> DatasetDict:
             add(text, label, "review")
             if (end := review_end(text, rng)) is not None:
                 add(end, label, "review end")
+        if pairs:
+            critic = [i for i, kind in enumerate(rows["kind"]) if kind == "critic sentence"]
+            sentences = [rows["text"][i] for i in critic]
+            made = sentence_pairs(
+                sentences,
+                [rows["label"][i] for i in critic],
+                random.Random(f"{seed}-pairs-{name}"),
+                round(PAIRS_PER_SENTENCE * len(sentences)),
+            )
+            for text, label, kind in made:
+                add(text, label, kind)
         splits[name] = Dataset.from_dict(rows, features=SENTIMENT_FEATURES).shuffle(seed=seed)
     return DatasetDict(splits)
 

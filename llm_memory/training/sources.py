@@ -33,6 +33,8 @@ BUILTIN_DATASETS: dict[str, Callable[[int], DatasetDict]] = {
     "lm_mix": lambda seed: data_mix.load_lm_mix(),
     # Reviews at mixed lengths for the sentiment classifier (data_mix.py).
     "sentiment_mix": lambda seed: data_mix.load_sentiment_mix(),
+    # The same with pairs of critic sentences joined by a contrast or by "and" (data_mix.py).
+    "sentiment_pairs_mix": lambda seed: data_mix.load_sentiment_mix(pairs=True),
 }
 
 
@@ -197,6 +199,13 @@ BUILTIN_CARDS = {
         "The built-in sentiment mix (`llm_memory.training.data_mix.load_sentiment_mix`): each labelled review of "
         "the movie review corpus as a whole review, its last sentences, and the Rotten Tomatoes critic "
         "sentences as they are",
+        ["stanfordnlp/imdb", "cornell-movie-review-data/rotten_tomatoes"],
+    ),
+    "sentiment_pairs_mix": (
+        "movie reviews at mixed lengths, and critic sentences joined in pairs",
+        "The built-in sentiment mix with pairs of critic sentences joined into one by a contrast (taking "
+        "the label of the clause it favours) or by 'and' (`llm_memory.training.data_mix.load_sentiment_mix` "
+        "with pairs=True)",
         ["stanfordnlp/imdb", "cornell-movie-review-data/rotten_tomatoes"],
     ),
     "docstrings": (
