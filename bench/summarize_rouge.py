@@ -9,11 +9,13 @@ offline and anyone can rerun it on the same data (``llm_memory.training.docstrin
 Each document is summarized by k sentences picked by each of the Summarize tab's methods
 (``llm_memory.tasks.summarize.SUMMARY_METHODS``): ``learned``, the sentence scorer saved with the language
 model (fitted on package docstrings' training pairs, ``llm_memory.tasks.sentence_scorer``);
-``summarizer``, the sentences closest to the summarization-tuned checkpoint's abstract; ``lead``, the
+``summarizer``, the picks of the summarization-tuned checkpoint: a selector's (``training.selection``),
+or the sentences closest to an abstractive summarizer's abstract; ``lead``, the
 first sentences (lead-k, the usual strong baseline: docstrings often open with their point); ``centroid`` and ``attention``, those the language model ranks highest
 (mean contextual embedding closest to the document's; most attention received); and by k random
-sentences (seeded). With a summarizer (``--summarizer``, default ``checkpoints/summarizer``), also by
-its generated abstract. The table gives the mean ROUGE-1, ROUGE-2 and ROUGE-L F1 (Lin, 2004; stemmed)
+sentences (seeded). With an abstractive summarizer (``--summarizer``, default ``checkpoints/summarizer``),
+also by its generated abstract. Each method is also compared with lead on the same pairs (the mean of the
+per-pair differences and its standard error). The table gives the mean ROUGE-1, ROUGE-2 and ROUGE-L F1 (Lin, 2004; stemmed)
 of each against the reference.
 
 The summarizer is trained on installed packages' docstrings (``package_docstrings``), never on these:
@@ -35,7 +37,7 @@ from bench._common import ROOT
 from llm_memory.serving.models import load_models
 from llm_memory.serving.settings import ServeSettings
 from llm_memory.tasks.checks import InputError, clean_text
-from llm_memory.tasks.summarize import available_methods, summarize
+from llm_memory.tasks.summarize import available_methods, is_abstractive, summarize
 from llm_memory.training.data import split_sentences
 from llm_memory.training.docstrings import load_docstring_pairs, load_package_docstrings
 
@@ -81,7 +83,7 @@ def main():
     scorer = rouge_scorer.RougeScorer(list(METRICS), use_stemmer=True)
     rng = random.Random(args.seed)
     methods = available_methods(models)
-    systems = ["random", *methods] + (["abstractive"] if models.summarizer is not None else [])
+    systems = ["random", *methods] + (["abstractive"] if is_abstractive(models) else [])
     scores = {system: {metric: [] for metric in METRICS} for system in systems}
     skipped = 0
     start = time.perf_counter()
@@ -116,6 +118,26 @@ def main():
         table[system] = {metric: statistics.fmean(scores[system][metric]) for metric in METRICS}
         values = " | ".join(f"{100 * table[system][metric]:7.2f}" for metric in METRICS)
         print(f"| {system:<11} | {values} |")
+    # Each method against lead-k on the same pairs: the mean of the per-pair differences and its standard
+    # error, so that a lead within noise is told from a real one.
+    against_lead = {}
+    for system in systems:
+        if system == "lead":
+            continue
+        against_lead[system] = {}
+        for metric in METRICS:
+            differences = [a - b for a, b in zip(scores[system][metric], scores["lead"][metric], strict=True)]
+            error = statistics.stdev(differences) / len(differences) ** 0.5 if len(differences) > 1 else 0.0
+            against_lead[system][metric] = {"mean": statistics.fmean(differences), "standard_error": error}
+    print("\nAgainst lead, the same pairs (mean difference ± standard error, ROUGE-1 / ROUGE-L):")
+    for system, row in against_lead.items():
+        print(
+            f"  {system:<11} "
+            + " / ".join(
+                f"{100 * row[m]['mean']:+.2f} ± {100 * row[m]['standard_error']:.2f}"
+                for m in ("rouge1", "rougeL")
+            )
+        )
     if args.json:
         Path(args.json).write_text(
             json.dumps(
@@ -126,6 +148,7 @@ def main():
                     "model": Path(args.model).name,
                     "summarizer": Path(args.summarizer).name if args.summarizer else None,
                     "f1": table,
+                    "against_lead": against_lead,
                 },
                 indent=2,
             )

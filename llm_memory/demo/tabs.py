@@ -14,7 +14,7 @@ from llm_memory.generation_settings import GENERATION_DEFAULTS as DEFAULTS
 from llm_memory.generation_settings import STRATEGIES
 from llm_memory.serving.models import Models
 from llm_memory.tasks.checks import RANGES
-from llm_memory.tasks.summarize import available_methods, default_method
+from llm_memory.tasks.summarize import available_methods, default_method, is_abstractive
 
 GENERATE_EXAMPLES = [
     "The movie was",
@@ -46,8 +46,9 @@ SUMMARIZE_EXAMPLES = [
 SUMMARY_METHODS_INFO = (
     "learned: a scorer fitted on docstring summaries over the model's contextual sentence embeddings, the "
     "default: best on held-out docstrings (ROUGE-1 20.5; lead 19.7, attention 18.0, centroid 14.8, random "
-    "15.0) · lead: the first sentences, the default without a scorer · summarizer: the sentences closest to "
-    "a summarization model's abstract (with --summarizer) · centroid: closeness to the document's mean "
+    "15.0) · lead: the first sentences, the default without a scorer · summarizer (with --summarizer): a "
+    "summarization-tuned selector's picks, or the sentences closest to an abstractive summarizer's abstract "
+    "· centroid: closeness to the document's mean "
     "embedding · attention: attention received"
 )
 
@@ -172,7 +173,7 @@ def classify_tab(models: Models) -> None:
 
 
 def summarize_tab(models: Models) -> None:
-    kind = "abstractive, from the summarizer" if models.summarizer is not None else "the picked sentences"
+    kind = "abstractive, from the summarizer" if is_abstractive(models) else "the picked sentences"
     with gr.Tab("Summarize", id="summarize"):
         text = gr.Textbox(label="Document", lines=6, value=SUMMARIZE_EXAMPLES[0], elem_id="summarize-text")
         gr.Examples(SUMMARIZE_EXAMPLES, inputs=[text])

@@ -9,7 +9,7 @@ its linear layers on oneDNN's packed kernels (``packed_linear``).
 import os
 import re
 
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedModel
 
 from llm_memory.serving.packed_linear import pack_linears
 from llm_memory.weights import LOAD_ERRORS, check_finite, describe_load_error
@@ -68,6 +68,17 @@ def context_window(model: PreTrainedModel, tokenizer) -> int:
 def is_summarizer(model: PreTrainedModel) -> bool:
     """A checkpoint tuned for ``document <|sep|> summary`` says so in ``config.task_specific_params``."""
     return "summarization" in (getattr(model.config, "task_specific_params", None) or {})
+
+
+def selector_folder(path: str) -> bool:
+    """Whether the folder (or Hub id) holds a sentence selector (``training.selection``); False when its
+    config cannot be read, so that loading it as a causal LM reports what is wrong."""
+    from llm_memory.training.selection import is_selector
+
+    try:
+        return is_selector(AutoConfig.from_pretrained(os.fspath(path)))
+    except Exception:  # noqa: BLE001  (load_model says what is wrong with the folder)
+        return False
 
 
 def source_name(path: str) -> str:

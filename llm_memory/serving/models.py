@@ -15,7 +15,14 @@ from llm_memory.generation_settings import DEFAULT_MAX_NEW_TOKENS, GENERATION_RA
 from llm_memory.serving.batcher import Batcher, GenerationBatcher, batcher_options
 from llm_memory.serving.classify_batcher import ClassifyBatcher
 from llm_memory.serving.decoder_process import DecoderProcess
-from llm_memory.serving.loading import ModelLoadError, context_window, is_summarizer, load_model, source_name
+from llm_memory.serving.loading import (
+    ModelLoadError,
+    context_window,
+    is_summarizer,
+    load_model,
+    selector_folder,
+    source_name,
+)
 from llm_memory.serving.settings import SERVE_DEFAULTS, ServeSettings
 from llm_memory.tasks.sentence_scorer import SentenceScorer, load_sentence_scorer
 
@@ -84,7 +91,9 @@ def load_models(
 ) -> Models:
     """Loads the language model, the classifier and an optional summarizer (local folders or Hub ids).
 
-    A language model whose config marks it as summarization-tuned also serves as the summarizer.
+    A language model whose config marks it as summarization-tuned also serves as the summarizer. The
+    summarizer is abstractive (a causal LM that writes ``document <|sep|> summary``) or extractive (a
+    selector of sentences, ``training.selection``), whichever its config says.
     Without a classifier, everything but ``classify`` works. With ``decoder_process``, sampled and
     greedy generation is decoded in a child process that loads the language model too (a server's
     own threads then do not slow it; see decoder_process.py), started first so that both load at
@@ -109,8 +118,13 @@ def load_models(
             sources["classifier"] = source_name(classifier_path)
         summarizer, summarizer_tokenizer = None, None
         if summarizer_path:
+            summarizer_class = (
+                AutoModelForSequenceClassification
+                if selector_folder(summarizer_path)
+                else AutoModelForCausalLM
+            )
             summarizer, summarizer_tokenizer = load_model(
-                summarizer_path, AutoModelForCausalLM, "summarizer", pack
+                summarizer_path, summarizer_class, "summarizer", pack
             )
             sources["summarizer"] = source_name(summarizer_path)
         elif is_summarizer(lm):

@@ -22,7 +22,9 @@ from llm_memory.tasks.sentence_scorer import (
     sentence_vectors,
     sentence_windows,
 )
+from llm_memory.training.calibration import predict_logits
 from llm_memory.training.data import split_sentences, summary_prompt
+from llm_memory.training.selection import MARK_CLOSE, SUMMARY_LABEL, is_selector, marked_document
 from llm_memory.training.tokenization import encode
 
 # How each summary method ranks sentences (``sentence_salience``): a scorer fitted on summaries (learned),
@@ -91,14 +93,47 @@ def abstract_overlap(abstract: str, document: str, spans: list[tuple[int, int]])
     return [scorer.score(abstract, document[start:end])["rouge1"].fmeasure for start, end in spans]
 
 
+def is_abstractive(models: Models) -> bool:
+    """Whether a summarizer is loaded that writes an abstract (not a selector of sentences)."""
+    return models.summarizer is not None and not is_selector(models.summarizer.config)
+
+
+def selector_salience(models: Models, document: str, spans: list[tuple[int, int]]) -> list[float]:
+    """Each sentence's log-probability of ``summary`` by the selector (``training.selection``), read as
+    the document with that sentence marked. A sentence whose mark ends past the selector's window ranks
+    after every one that fits, the earlier first."""
+    model, tokenizer = models.summarizer, models.summarizer_tokenizer
+    window = context_window(model, tokenizer)
+    texts = [marked_document(document, spans, i) for i in range(len(spans))]
+    fits = [
+        len(tokenizer(text[: text.index(MARK_CLOSE) + len(MARK_CLOSE)])["input_ids"]) <= window
+        for text in texts
+    ]
+    scores = [-1e6 - i for i in range(len(spans))]
+    fitting = [i for i, fit in enumerate(fits) if fit]
+    if fitting:
+        original = tokenizer.truncation_side
+        tokenizer.truncation_side = "right"  # the mark is near the start: keep the start, as in training
+        try:
+            with torch.no_grad():
+                logits = predict_logits(model, tokenizer, [texts[i] for i in fitting])
+        finally:
+            tokenizer.truncation_side = original
+        chosen = torch.log_softmax(logits, dim=-1)[:, SUMMARY_LABEL]
+        for i, value in zip(fitting, chosen.tolist(), strict=True):
+            scores[i] = value
+    return scores
+
+
 def sentence_salience(
     models: Models, document: str, spans: list[tuple[int, int]], method: str, abstract: str | None = None
 ) -> list[float]:
     """Each sentence's salience (higher is picked first) by one of ``SUMMARY_METHODS``.
 
     ``learned``: the language model's sentence scorer (``sentence_scorer.py``), fitted on
-    document/summary pairs. ``summarizer``: overlap with the summarizer's ``abstract`` of the document
-    (``abstract_overlap``; generated here when not given). ``lead``: the earlier, the higher. The
+    document/summary pairs. ``summarizer``: with a selector, its probability that a summary takes the
+    sentence (``selector_salience``); with an abstractive summarizer, overlap with its ``abstract`` of
+    the document (``abstract_overlap``; generated here when not given). ``lead``: the earlier, the higher. The
     language model reads the document in windows of whole sentences for the others. ``centroid``: cosine
     of the sentence's mean final hidden state to the mean over the document. ``attention``: the mean
     attention each of its tokens receives (over layers, heads and the queries that can see it), the
@@ -111,6 +146,8 @@ def sentence_salience(
                 "The summarizer method needs a summarization-tuned model; start the app with --summarizer "
                 "PATH, or pick another method."
             )
+        if not is_abstractive(models):
+            return selector_salience(models, document, spans)
         return abstract_overlap(
             abstract if abstract is not None else generate_abstract(models, document), document, spans
         )
@@ -166,14 +203,14 @@ def summarize(
 ) -> SummaryResult:
     """Picks the ``num_sentences`` most salient sentences (by ``method``, see ``sentence_salience``).
 
-    ``method`` defaults to ``default_method(models)``. With ``abstractive`` and a summarizer loaded, the
-    result also holds a generated abstract.
+    ``method`` defaults to ``default_method(models)``. With ``abstractive`` and an abstractive
+    summarizer loaded, the result also holds a generated abstract.
     """
     text = clean_text(text, max_chars=models.settings.max_input_chars)
     num_sentences = check_number("num_sentences", num_sentences)
     method = check_choice("method", method or default_method(models), SUMMARY_METHODS)
     spans = split_sentences(text)
-    wants_abstract = models.summarizer is not None and (abstractive or method == "summarizer")
+    wants_abstract = is_abstractive(models) and (abstractive or method == "summarizer")
     abstract = generate_abstract(models, text) if wants_abstract else None
     scores = sentence_salience(models, text, spans, method, abstract)
     ranked = sorted(range(len(spans)), key=lambda i: (-scores[i], i))  # ties: the earlier sentence

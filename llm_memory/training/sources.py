@@ -12,7 +12,7 @@ from collections.abc import Callable
 import datasets
 from datasets import DatasetDict
 
-from llm_memory.training import data_mix, docstrings
+from llm_memory.training import data_mix, docstrings, selection
 from llm_memory.training.data import DataError
 from llm_memory.training.reviews import load_movie_reviews
 
@@ -29,6 +29,8 @@ BUILTIN_DATASETS: dict[str, Callable[[int], DatasetDict]] = {
     "docstrings": lambda seed: DatasetDict({"train": docstrings.load_docstring_pairs()}),
     # Docstrings of installed packages for training a summarizer; its test split is the one above.
     "package_docstrings": lambda seed: docstrings.load_package_docstrings(),
+    # Package docstrings with one sentence marked, labelled by whether a summary takes it (selection.py).
+    "docstring_selection": lambda seed: selection.load_docstring_selection(),
     # The pretraining mix (data_mix.py): reviews and general English text that gensim ships.
     "lm_mix": lambda seed: data_mix.load_lm_mix(),
     # Reviews at mixed lengths for the sentiment classifier (data_mix.py).
@@ -200,6 +202,13 @@ BUILTIN_CARDS = {
         "the movie review corpus as a whole review, its last sentences, and the Rotten Tomatoes critic "
         "sentences as they are",
         ["stanfordnlp/imdb", "cornell-movie-review-data/rotten_tomatoes"],
+    ),
+    "docstring_selection": (
+        "package docstrings, one sentence marked",
+        "The built-in extractive summarization set (`llm_memory.training.selection.load_docstring_selection`): "
+        "installed packages' docstrings with one sentence marked, labelled `summary` where it is the "
+        "sentence closest (ROUGE-1) to the docstring's summary line and `other` otherwise",
+        [],
     ),
     "sentiment_pairs_mix": (
         "movie reviews at mixed lengths, and critic sentences joined in pairs",
