@@ -66,6 +66,7 @@ def test_a_selector_loads_as_the_summarizer_and_picks_by_its_probability(models_
     models = models_with_selector
     assert isinstance(models.summarizer, MemoryTransformerForSequenceClassification)
     assert not is_abstractive(models)
+    assert models.summarizer_tokenizer.truncation_side == "right"  # the marks are near the start
     document = "The cache holds recent pages. It is bounded. Old pages are dropped first. Reads are fast."
     result = summarize(models, document, num_sentences=2, method="summarizer")  # abstractive asked: none
     assert result.abstract is None

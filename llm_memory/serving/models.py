@@ -126,6 +126,10 @@ def load_models(
             summarizer, summarizer_tokenizer = load_model(
                 summarizer_path, summarizer_class, "summarizer", pack
             )
+            if summarizer_class is AutoModelForSequenceClassification:
+                summarizer_tokenizer.truncation_side = (
+                    "right"  # a selector reads the start, where its marks are
+                )
             sources["summarizer"] = source_name(summarizer_path)
         elif is_summarizer(lm):
             summarizer, summarizer_tokenizer = lm, lm_tokenizer

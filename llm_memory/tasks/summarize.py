@@ -112,13 +112,8 @@ def selector_salience(models: Models, document: str, spans: list[tuple[int, int]
     scores = [-1e6 - i for i in range(len(spans))]
     fitting = [i for i, fit in enumerate(fits) if fit]
     if fitting:
-        original = tokenizer.truncation_side
-        tokenizer.truncation_side = "right"  # the mark is near the start: keep the start, as in training
-        try:
-            with torch.no_grad():
-                logits = predict_logits(model, tokenizer, [texts[i] for i in fitting])
-        finally:
-            tokenizer.truncation_side = original
+        with torch.no_grad():  # the tokenizer keeps the start, where the mark is (load_models sets it)
+            logits = predict_logits(model, tokenizer, [texts[i] for i in fitting])
         chosen = torch.log_softmax(logits, dim=-1)[:, SUMMARY_LABEL]
         for i, value in zip(fitting, chosen.tolist(), strict=True):
             scores[i] = value
