@@ -496,8 +496,11 @@ def test_a_run_killed_while_it_writes_a_checkpoint_resumes_to_the_end(text_files
 
 
 @pytest.mark.slow  # two training processes under torchrun
-def test_two_processes_end_with_identical_weights(text_files, tmp_path, free_port):
+@pytest.mark.parametrize("time_limit", [False, True])
+def test_two_processes_end_with_identical_weights(text_files, tmp_path, free_port, time_limit):
     digests = tmp_path / "digests"
+    # A time limit reached at once: the processes must agree on the step they stop at.
+    limit = ["--max_train_minutes", "1e-9", "--eval_steps", "3", "--save_steps", "99"] if time_limit else []
     command = [
         sys.executable,
         "-m",
@@ -517,6 +520,7 @@ def test_two_processes_end_with_identical_weights(text_files, tmp_path, free_por
         str(text_files["valid_txt"]),
         "--weights_digest_dir",
         str(digests),
+        *limit,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
@@ -524,6 +528,9 @@ def test_two_processes_end_with_identical_weights(text_files, tmp_path, free_por
     rank0, rank1 = (digests / "rank0.sha256").read_text(), (digests / "rank1.sha256").read_text()
     assert rank0 == rank1
     metrics = results(tmp_path / "ddp")
+    if time_limit:
+        assert metrics[TIME_LIMIT_KEY] == 1
+        return
     assert metrics["num_input_tokens_seen"] == 2 * 8 * 4 * 32  # both processes' batches were counted
     assert (
         "torchrun --nproc_per_node 2 -m llm_memory.training" in (tmp_path / "ddp" / "README.md").read_text()

@@ -127,7 +127,8 @@ class NonFiniteLossCallback(TrainerCallback):
 class TimeLimitCallback(TrainerCallback):
     """Ends training once this sitting has trained for ``minutes``: the step reached is evaluated (where
     the run evaluates) and saved as a checkpoint, so ``--resume`` continues from it in a later sitting,
-    and the run then finishes as usual (the best checkpoint loaded where the run keeps the best)."""
+    and the run then finishes as usual (the best checkpoint loaded where the run keeps the best). With
+    several processes, the slowest one's clock decides for all."""
 
     def __init__(self, minutes: float):
         self.seconds = 60 * minutes
@@ -138,11 +139,15 @@ class TimeLimitCallback(TrainerCallback):
         self.start = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if (
-            self.start is None
-            or time.monotonic() - self.start < self.seconds
-            or state.global_step >= state.max_steps
-        ):
+        if self.start is None or state.global_step >= state.max_steps:
+            return
+        elapsed = time.monotonic() - self.start
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every process must stop at the same step: the slowest clock decides (one scalar per step).
+            value = torch.tensor([elapsed], dtype=torch.float64, device=args.device)
+            torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+            elapsed = value.item()
+        if elapsed < self.seconds:
             return
         self.stopped_at = state.global_step
         control.should_training_stop = True
