@@ -203,6 +203,14 @@ def oracle_overlaps(document: str, spans: list[tuple[int, int]], summary: str, s
     return [scorer.score(summary, document[start:end])["rouge1"].fmeasure for start, end in spans]
 
 
+def oracle_sentence(document: str, spans: list[tuple[int, int]], summary: str, scorer) -> int | None:
+    """The index of the sentence with the highest ROUGE-1 F1 against ``summary`` (the first of equals),
+    or None when no sentence shares a word with it: the extractive oracle label."""
+    overlaps = oracle_overlaps(document, spans, summary, scorer)
+    best = max(overlaps)
+    return overlaps.index(best) if best > 0 else None
+
+
 def document_features(
     model, tokenizer, window: int, document: str
 ) -> tuple[list[tuple[int, int]], torch.Tensor]:
@@ -226,10 +234,9 @@ def fit_sentence_scorer(
         spans = split_sentences(document)
         if not 2 <= len(spans) <= MAX_FIT_SENTENCES:
             continue
-        overlaps = oracle_overlaps(document, spans, summary, rouge)
-        if max(overlaps) <= 0:
+        best = oracle_sentence(document, spans, summary, rouge)
+        if best is None:
             continue
-        best = overlaps.index(max(overlaps))
         rows.append(document_features(model, tokenizer, window, document)[1])
         labels += [int(i == best) for i in range(len(spans))]
     if not rows or len(set(labels)) < 2:

@@ -19,13 +19,14 @@ import random
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
+from llm_memory.tasks.sentence_scorer import MAX_FIT_SENTENCES, oracle_sentence
 from llm_memory.training.data import split_sentences
 
 MARK_OPEN, MARK_CLOSE = "[[", "]]"
 SELECTION_LABELS = ["other", "summary"]
 SUMMARY_LABEL = SELECTION_LABELS.index("summary")
-# Documents of 2 to MAX_SENTENCES sentences; a marked sentence ends within MAX_MARK_WORDS words of the start.
-MAX_SENTENCES = 64
+# Documents of 2 to MAX_FIT_SENTENCES sentences (as the sentence scorer is fitted on); a marked sentence
+# ends within MAX_MARK_WORDS words of the start.
 MAX_MARK_WORDS = 150
 NEGATIVES_PER_DOCUMENT = 2
 
@@ -44,14 +45,6 @@ def marked_document(document: str, spans: list[tuple[int, int]], index: int) -> 
     return f"{document[:start]}{MARK_OPEN} {document[start:end].strip()} {MARK_CLOSE}{document[end:]}"
 
 
-def oracle_sentence(document: str, spans: list[tuple[int, int]], summary: str, scorer) -> int | None:
-    """The index of the sentence with the highest ROUGE-1 F1 against ``summary`` (the first of equals),
-    or None when no sentence shares a word with it. ``scorer``: a rouge_score RougeScorer."""
-    overlaps = [scorer.score(summary, document[start:end])["rouge1"].fmeasure for start, end in spans]
-    best = max(overlaps)
-    return overlaps.index(best) if best > 0 else None
-
-
 def selection_rows(
     documents: list[str], summaries: list[str], rng: random.Random, negatives: int = NEGATIVES_PER_DOCUMENT
 ) -> dict[str, list]:
@@ -63,7 +56,7 @@ def selection_rows(
     rows: dict[str, list] = {"text": [], "label": []}
     for document, summary in zip(documents, summaries, strict=True):
         spans = split_sentences(document)
-        if not 2 <= len(spans) <= MAX_SENTENCES:
+        if not 2 <= len(spans) <= MAX_FIT_SENTENCES:
             continue
         reachable = [i for i, (_, end) in enumerate(spans) if len(document[:end].split()) <= MAX_MARK_WORDS]
         best = oracle_sentence(document, spans, summary, scorer)
