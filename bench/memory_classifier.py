@@ -8,9 +8,13 @@ Each classifier reads the 2,500 IMDB test reviews of the built-in corpus two way
   start, the LSTM state carried from each window into the next (``memory.windowed_classification_logits``).
 
 The two readings see the same last window; whatever the second gains comes through the carried state.
-Accuracy is also given on the reviews longer than one window, where the readings differ.
+Accuracy is also given on the reviews longer than one window, where the readings differ, and the gain
+of the whole reading review by review, with its paired standard error. ``--window`` reads every model
+with a smaller window than its own (a memory classifier trained at 128 is saved with 128).
 
     python -m bench.memory_classifier --models v2=checkpoints/sentiment --json bench/results/memory_classifier.json
+    python -m bench.memory_classifier --models v2=checkpoints/sentiment memory=runs/sentiment-memory \
+        --window 128 --json bench/results/memory_classifier_128.json
 """
 
 import argparse
@@ -22,6 +26,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import llm_memory  # noqa: F401  (registers the model with the Auto classes)
+from llm_memory.memory.recurrence import shrink_window
 from llm_memory.training.calibration import predict_logits
 from llm_memory.training.reviews import load_movie_reviews
 
@@ -43,6 +48,12 @@ def main(argv=None):
         "--models", nargs="+", default=["sentiment=checkpoints/sentiment"], help="NAME=FOLDER ..."
     )
     parser.add_argument("--max_windows", type=int, default=16, help="windows read at most per review")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="read every model with this window (at most its own; default: each model's own window)",
+    )
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_test", type=int, default=None, help="score only the first N test reviews")
     parser.add_argument("--threads", type=int, default=2)
@@ -63,28 +74,40 @@ def main(argv=None):
         tokenizer = AutoTokenizer.from_pretrained(folder)
         tokenizer.truncation_side = "left"  # both readings keep the review's end
         model = AutoModelForSequenceClassification.from_pretrained(folder).to(args.device).eval()
+        if args.window is not None:
+            shrink_window(model, args.window)
         window = model.config.max_position_embeddings
         lengths = np.array(
             [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
         )
         long = lengths > window
-        rows = {}
+        rows, correct = {}, {}
         for reading, windows in (("last window", 1), ("whole, memory", args.max_windows)):
             start = time.perf_counter()
             predicted = read(model, tokenizer, texts, windows, args.batch_size)
+            correct[reading] = (predicted == labels).astype(np.float64)
             rows[reading] = {
                 "accuracy": round(float((predicted == labels).mean()), 4),
                 "accuracy_longer_than_window": round(float((predicted[long] == labels[long]).mean()), 4),
                 "seconds": round(time.perf_counter() - start, 1),
             }
+        # Review by review, whole against last window: the gain and its standard error (paired).
+        gain = correct["whole, memory"] - correct["last window"]
         results[name] = {
             "folder": folder,
             "window": window,
             "longer_than_window": int(long.sum()),
             "readings": rows,
+            "gain_points": round(100 * float(gain.mean()), 2),
+            "gain_standard_error_points": round(100 * float(gain.std(ddof=1) / np.sqrt(len(gain))), 2),
         }
 
     print(f"IMDB test reviews: {len(texts)}\n")
+    for name, result in results.items():
+        print(
+            f"{name} (window {result['window']}): whole with memory - last window = "
+            f"{result['gain_points']:+.2f} ± {result['gain_standard_error_points']:.2f} points"
+        )
     print("| model | reading | accuracy | on reviews longer than the window |\n|---|---|---|---|")
     for name, result in results.items():
         for reading, row in result["readings"].items():
@@ -98,6 +121,7 @@ def main(argv=None):
                 {
                     "test_reviews": len(texts),
                     "max_windows": args.max_windows,
+                    "window": args.window,
                     "device": args.device,
                     "models": results,
                 },

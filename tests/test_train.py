@@ -241,6 +241,11 @@ def test_classification_reads_texts_window_by_window_with_memory_windows(lm_fold
     )
     assert bool(batch["attention_mask"][:, -1].all())  # left-padded: every row ends in the last column
     assert model.config.num_labels == 2
+    # Trained to read 16-token windows (the language model's is 64), it is saved with that window, so a
+    # pipeline, the calibration and the benchmarks read it as it was trained.
+    assert AutoModelForCausalLM.from_pretrained(lm_folder).config.max_position_embeddings == 64
+    assert model.config.max_position_embeddings == 16
+    assert model.model.embed_positions.weight.shape[0] == 16
 
 
 def test_summarization_scores_greedy_summaries_with_rouge(tmp_path):

@@ -62,7 +62,7 @@ from transformers import (
 
 from llm_memory.generation_settings import generation_config_defaults
 from llm_memory.hub.model_card import ModelCardInfo, build_model_card
-from llm_memory.memory.recurrence import WindowedClassificationTrainer
+from llm_memory.memory.recurrence import WindowedClassificationTrainer, shrink_window
 from llm_memory.training.arguments import Arguments, make_parser, parse_args, read_preset
 from llm_memory.training.calibration import calibrate
 from llm_memory.training.callbacks import (
@@ -248,6 +248,16 @@ def run(args: Arguments, callbacks: Sequence[TrainerCallback] = ()) -> dict[str,
 
     set_seed(training_args.seed)
     model = build_model(args, prepared.tokenizer, prepared.label_names, checkpoint)
+    if data_args.memory_windows > 1 and prepared.block_size < model.config.max_position_embeddings:
+        # A classifier trained to read window by window at --block_size keeps that window: it is saved
+        # with it and reads that way in pipelines, calibration and the benchmarks.
+        logger.info(
+            "Reading window by window at --block_size %d: the model's window becomes %d (was %d).",
+            prepared.block_size,
+            prepared.block_size,
+            model.config.max_position_embeddings,
+        )
+        shrink_window(model, prepared.block_size)
     logger.info("Model: %.2fM parameters", model.num_parameters() / 1e6)
     stop_on_nan = NonFiniteLossCallback()
     throughput = ThroughputCallback(
