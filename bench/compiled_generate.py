@@ -189,7 +189,9 @@ def main(argv=None) -> dict:
                 "forward_ms": round(1e3 * statistics.median(forwards[mode]) / args.new_tokens, 3),
                 "rest_ms": round(
                     1e3
-                    * statistics.median(t - f for t, f in zip(seconds[name][mode], forwards[mode], strict=True))
+                    * statistics.median(
+                        t - f for t, f in zip(seconds[name][mode], forwards[mode], strict=True)
+                    )
                     / args.new_tokens,
                     3,
                 ),
@@ -202,7 +204,10 @@ def main(argv=None) -> dict:
             "speedup": round(statistics.median(e / c for e, c in zip(eager, compiled, strict=True)), 2),
             "per_token": per_token,
             "forward_speedup": round(
-                statistics.median(e / c for e, c in zip(forwards["eager"], forwards["compiled"], strict=True)), 2
+                statistics.median(
+                    e / c for e, c in zip(forwards["eager"], forwards["compiled"], strict=True)
+                ),
+                2,
             ),
             # The speed-up were generate()'s own work free in the compiled run: eager generate() against the
             # compiled forwards alone. It bounds what compiling the forward can give.
