@@ -75,7 +75,7 @@ def main(argv=None):
         tokenizer.truncation_side = "left"  # both readings keep the review's end
         model = AutoModelForSequenceClassification.from_pretrained(folder).to(args.device).eval()
         if args.window is not None:
-            shrink_window(model, args.window)
+            shrink_window(model, args.window, tokenizer)
         window = model.config.max_position_embeddings
         lengths = np.array(
             [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]

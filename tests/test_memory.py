@@ -1,5 +1,6 @@
 """Segment recurrence: window-by-window scoring, state carry-over, truncated BPTT, long generation."""
 
+import copy
 import functools
 import math
 
@@ -182,6 +183,17 @@ def test_shrink_window_keeps_the_first_positions(tiny_lm):
     torch.testing.assert_close(model(ids).logits, before)
     with pytest.raises(ValueError, match="window must be in"):
         shrink_window(model, 9)
+
+
+def test_shrink_window_cuts_the_tokenizer_to_the_new_window(tiny_lm, tokenizer):
+    # truncation=True (as pipelines use it) must cut texts to the window the model now has.
+    tokenizer = copy.deepcopy(tokenizer)
+    model, before = tiny_lm(), tokenizer.model_max_length
+    shrink_window(model, 8, tokenizer)
+    assert tokenizer.model_max_length == 8 < before
+    assert len(tokenizer("a long text " * 20, truncation=True)["input_ids"]) == 8
+    shrink_window(model, 8, tokenizer)  # the same window again changes nothing
+    assert tokenizer.model_max_length == 8
 
 
 # --- classification read window by window --------------------------------------------------------------

@@ -24,6 +24,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     TrainerCallback,
+    pipeline,
 )
 
 from llm_memory import MemoryTransformerConfig, MemoryTransformerForCausalLM
@@ -246,6 +247,9 @@ def test_classification_reads_texts_window_by_window_with_memory_windows(lm_fold
     assert AutoModelForCausalLM.from_pretrained(lm_folder).config.max_position_embeddings == 64
     assert model.config.max_position_embeddings == 16
     assert model.model.embed_positions.weight.shape[0] == 16
+    assert AutoTokenizer.from_pretrained(tmp_path / "cls").model_max_length == 16
+    classify = pipeline("text-classification", model=str(tmp_path / "cls"))
+    assert classify("a long review of a film " * 40, truncation=True)[0]["label"] in ("negative", "positive")
 
 
 def test_summarization_scores_greedy_summaries_with_rouge(tmp_path):

@@ -365,7 +365,7 @@ def save_memory_model(model, tokenizer, folder: str, reports: dict[str, dict], c
     """Saves the fine-tuned model with the benchmark's window as its own, its tokenizer, a model card
     with the command and the results, and each task's report as ``memory_results/TASK.json``."""
     first = next(iter(reports.values()))
-    shrink_window(model, first["window"])
+    shrink_window(model, first["window"], tokenizer)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     tasks = ", ".join(reports)

@@ -195,12 +195,16 @@ def chrono_init_(model: torch.nn.Module, max_steps: int, seed: int = 0) -> None:
 
 
 @torch.no_grad()
-def shrink_window(model: PreTrainedModel, window: int) -> None:
+def shrink_window(model: PreTrainedModel, window: int, tokenizer=None) -> None:
     """Makes ``window`` the model's attention window (``max_position_embeddings``): a model fine-tuned to
-    read window by window at ``window`` then reads that way by default, in the app too."""
+    read window by window at ``window`` then reads that way by default, in the app too. With
+    ``tokenizer``, its ``model_max_length`` follows, so ``truncation=True`` (as pipelines use it) cuts
+    texts to the new window."""
     config = model.config
     if not 0 < window <= config.max_position_embeddings:
         raise ValueError(f"window must be in [1, {config.max_position_embeddings}], got {window}.")
+    if tokenizer is not None and tokenizer.model_max_length > window:
+        tokenizer.model_max_length = window
     if window == config.max_position_embeddings:
         return
     if config.position_embedding_type == "learned":

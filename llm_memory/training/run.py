@@ -257,7 +257,7 @@ def run(args: Arguments, callbacks: Sequence[TrainerCallback] = ()) -> dict[str,
             prepared.block_size,
             model.config.max_position_embeddings,
         )
-        shrink_window(model, prepared.block_size)
+        shrink_window(model, prepared.block_size, prepared.tokenizer)
     logger.info("Model: %.2fM parameters", model.num_parameters() / 1e6)
     stop_on_nan = NonFiniteLossCallback()
     throughput = ThroughputCallback(
