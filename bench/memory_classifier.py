@@ -84,11 +84,11 @@ def main(argv=None):
         rows, correct = {}, {}
         for reading, windows in (("last window", 1), ("whole, memory", args.max_windows)):
             start = time.perf_counter()
-            predicted = read(model, tokenizer, texts, windows, args.batch_size)
-            correct[reading] = (predicted == labels).astype(np.float64)
+            hits = (read(model, tokenizer, texts, windows, args.batch_size) == labels).astype(np.float64)
+            correct[reading] = hits
             rows[reading] = {
-                "accuracy": round(float((predicted == labels).mean()), 4),
-                "accuracy_longer_than_window": round(float((predicted[long] == labels[long]).mean()), 4),
+                "accuracy": round(float(hits.mean()), 4),
+                "accuracy_longer_than_window": round(float(hits[long].mean()), 4),
                 "seconds": round(time.perf_counter() - start, 1),
             }
         # Review by review, whole against last window: the gain and its standard error (paired).
