@@ -28,7 +28,13 @@ from llm_memory.tasks.attention import attention, piece_attention
 from llm_memory.tasks.checks import InputError, clean_text, count_removed_characters
 from llm_memory.tasks.classify import classify
 from llm_memory.tasks.cli import main as tasks_command_line
-from llm_memory.tasks.generate import check_generation_settings, generate, generate_stream
+from llm_memory.tasks.generate import (
+    check_generation_settings,
+    document_start,
+    generate,
+    generate_stream,
+    prompt_ids,
+)
 from llm_memory.tasks.summarize import SUMMARY_METHODS, abstract_overlap, summarize
 from llm_memory.training.data import split_sentences
 from llm_memory.training.tokenization import REPLACEMENT_CHAR, Piece, encode
@@ -179,7 +185,8 @@ def test_summary_settings_out_of_range(models):
 
 
 def hf_generate(models, prompt, **kwargs) -> str:
-    ids = models.lm_tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+    ids, _, _ = prompt_ids(models.lm_tokenizer, prompt, models.window - kwargs["max_new_tokens"])
+    ids = torch.tensor([ids])
     output = models.lm.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=0, **kwargs)
     return models.lm_tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)
 
@@ -494,7 +501,7 @@ def test_rows_with_a_long_shared_prompt_read_it_once_and_keep_their_own_texts(mo
 
     alone = {key: make(key) for key in seeds}
     assert len(set(alone.values())) == 3
-    length = len(encode(models.lm_tokenizer, prompt)[-(TINY_WINDOW - 12) :])
+    length = len(prompt_ids(models.lm_tokenizer, prompt, TINY_WINDOW - 12)[0])
     assert length - 1 >= models.batcher.shared_prefix_min_tokens  # long enough to be shared
 
     passes = recording_forward(models, monkeypatch)
@@ -756,6 +763,38 @@ def test_beam_search_equals_generate(models):
     )
     assert len(updates) == 1 and updates[0].done
     assert updates[0].text == expected
+
+
+def test_a_prompt_read_from_its_start_follows_the_document_start_the_model_was_trained_after(
+    models, monkeypatch
+):
+    tokenizer = models.lm_tokenizer
+    start = document_start(tokenizer)
+    assert start == [tokenizer.eos_token_id]  # training puts eos between documents
+    ids = encode(tokenizer, "The movie was")
+    assert prompt_ids(tokenizer, "The movie was", 40) == (start + ids, 0, len(ids))
+    # No room for it: the prompt alone; cut to fit: a document's middle, no start.
+    assert prompt_ids(tokenizer, "The movie was", len(ids)) == (ids, 0, len(ids))
+    assert prompt_ids(tokenizer, "The movie was", len(ids) - 1) == (ids[1:], 1, len(ids) - 1)
+
+    submitted = []
+    submit = models.batcher.submit
+    monkeypatch.setattr(
+        models.batcher, "submit", lambda ids, settings: submitted.append(ids) or submit(ids, settings)
+    )
+    final = generate(models, "The movie was", strategy="greedy", max_new_tokens=10)
+    assert submitted == [start + ids]  # what the model reads
+    assert final.prompt_tokens == len(ids) and final.dropped_prompt_tokens == 0  # what the user sent
+
+
+def test_a_tokenizer_that_adds_a_bos_itself_begins_documents_with_it(models):
+    class BosTokenizer:
+        eos_token_id = 2
+
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": ([1] if add_special_tokens else []) + [5] * len(text)}
+
+    assert document_start(BosTokenizer()) == [1]
 
 
 def test_long_prompt_loses_its_start_and_max_new_tokens_holds(models):
