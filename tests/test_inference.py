@@ -787,14 +787,20 @@ def test_a_prompt_read_from_its_start_follows_the_document_start_the_model_was_t
     assert final.prompt_tokens == len(ids) and final.dropped_prompt_tokens == 0  # what the user sent
 
 
-def test_a_tokenizer_that_adds_a_bos_itself_begins_documents_with_it(models):
-    class BosTokenizer:
+def test_a_tokenizer_that_adds_a_bos_itself_begins_documents_with_it():
+    class Tokenizer:
         eos_token_id = 2
 
-        def __call__(self, text, add_special_tokens=True):
-            return {"input_ids": ([1] if add_special_tokens else []) + [5] * len(text)}
+        def __init__(self, front, back):
+            self.front, self.back = front, back
 
-    assert document_start(BosTokenizer()) == [1]
+        def __call__(self, text, add_special_tokens=True):
+            ids = [5] * len(text)
+            return {"input_ids": self.front + ids + self.back if add_special_tokens else ids}
+
+    assert document_start(Tokenizer(front=[1], back=[])) == [1]  # a bos, as Llama's tokenizer adds
+    assert document_start(Tokenizer(front=[1], back=[2])) == [1]  # only what goes in front
+    assert document_start(Tokenizer(front=[], back=[2])) == [2]  # nothing in front: the eos
 
 
 def test_long_prompt_loses_its_start_and_max_new_tokens_holds(models):
