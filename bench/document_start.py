@@ -1,4 +1,4 @@
-"""Prompts read as the start of a document, against the bare prompt: glued sentences in sampled text.
+"""Prompts read as the start of a document, against the bare prompt: early stops and glued sentences.
 
 The embedded language model was trained on documents each followed by its eos token, so every
 document it saw began right after one. ``llm_memory.tasks.generate`` puts that token
