@@ -560,6 +560,8 @@ def test_auto_classes_are_registered(tiny_config):
         (dict(intermediate_size=0), "intermediate_size"),
         (dict(max_position_embeddings=0), "max_position_embeddings"),
         (dict(lstm_num_layers=0), "lstm_num_layers"),
+        (dict(num_hidden_layers=2, lstm_layer=3), "lstm_layer"),
+        (dict(lstm_layer=-1), "lstm_layer"),
         (dict(hidden_dropout=1.5), "hidden_dropout"),
         (dict(attention_dropout=-0.1), "attention_dropout"),
         (dict(layer_norm_eps=0.0), "layer_norm_eps"),
@@ -576,12 +578,55 @@ def test_config_errors_name_the_field(tiny_config, overrides, message):
 
 
 def test_config_round_trips(tiny_config, tmp_path):
-    config = tiny_config(use_lstm=False, position_embedding_type="sinusoidal", lstm_num_layers=2)
+    config = tiny_config(
+        use_lstm=False, position_embedding_type="sinusoidal", lstm_num_layers=2, lstm_layer=1
+    )
     config.save_pretrained(tmp_path)
     loaded = MemoryTransformerConfig.from_pretrained(tmp_path)
-    for field in ("use_lstm", "position_embedding_type", "lstm_num_layers", "hidden_size", "layer_types"):
+    fields = (
+        "use_lstm",
+        "position_embedding_type",
+        "lstm_num_layers",
+        "lstm_layer",
+        "hidden_size",
+        "layer_types",
+    )
+    for field in fields:
         assert getattr(loaded, field) == getattr(config, field)
     assert loaded.layer_types == ["full_attention", "full_attention"]
+
+
+@pytest.mark.parametrize("lstm_layer", [0, 1, 2, None])
+def test_the_lstm_runs_after_lstm_layer_blocks(tiny_lm, lstm_layer):
+    model = tiny_lm(lstm_layer=lstm_layer)  # two blocks
+    order = []
+    for name, module in [
+        ("memory", model.model.memory),
+        *((f"block{i}", b) for i, b in enumerate(model.model.layers)),
+    ]:
+        module.register_forward_pre_hook(lambda *_, name=name: order.append(name))
+    with torch.no_grad():
+        model(random_ids(1, 4))
+    expected = ["block0", "block1"]
+    expected.insert(2 if lstm_layer is None else lstm_layer, "memory")
+    assert order == expected
+
+
+@pytest.mark.parametrize("lstm_layer", [0, 1])
+def test_an_lstm_between_blocks_carries_its_state_like_one_pass(tiny_lm, lstm_layer):
+    """Token by token and chunk by chunk, with the LSTM state in the cache's last layer, the logits are
+    those of one pass; the placement changes them (the same weights read other features)."""
+    model = tiny_lm(lstm_layer=lstm_layer)
+    ids = random_ids(2, 24)
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = DynamicCache(config=model.config)
+        steps = [model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(8)]
+        chunks = [model(ids[:, i : i + 8], past_key_values=cache, use_cache=True).logits for i in (8, 16)]
+        model.config.lstm_layer = None
+        after_all_blocks = model(ids).logits
+    torch.testing.assert_close(torch.cat(steps + chunks, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(after_all_blocks, full, atol=1e-3)
 
 
 def test_two_layer_lstm_decodes_step_by_step_like_the_full_pass(tiny_lm):

@@ -116,3 +116,28 @@ def test_a_folder_whose_model_code_differs_from_the_package_is_not_uploaded(
         model_code.refresh(model_folder)
         assert push.main(["--folder", str(model_folder), "--repo_id", "someone/tiny"]) == 0
         assert [call[0] for call in hub_calls] == ["create_repo", "upload_folder"]
+
+
+@pytest.mark.parametrize(
+    ("lstm_layer", "words"),
+    [
+        (None, "followed by a 1-layer LSTM memory"),
+        (1, "LSTM memory after block 1 of 2"),
+        (0, "LSTM memory before the first block"),
+    ],
+)
+def test_the_model_card_says_where_the_lstm_runs(lstm_layer, words):
+    config = MemoryTransformerConfig(
+        vocab_size=64, **{**CONFIG, "num_hidden_layers": 2}, lstm_layer=lstm_layer
+    )
+    card = ModelCardInfo(
+        model_name="tiny",
+        task="lm",
+        metrics={},
+        command="python -m llm_memory.training --preset tiny",
+        dataset_name="local files (train.txt)",
+        dataset_type="local",
+        dataset_description="Local files: train.txt",
+        config=config.to_dict(),
+    )
+    assert words in build_model_card(card)

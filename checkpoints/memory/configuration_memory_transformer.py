@@ -44,6 +44,9 @@ class MemoryTransformerConfig(PreTrainedConfig):
     rope_theta: float = 10000.0
     use_lstm: bool = True
     lstm_num_layers: int = 1
+    # How many transformer blocks run before the LSTM memory; None: all of them (the LSTM reads the last
+    # block's output, as the embedded checkpoints do). Lower, the blocks after it attend over its outputs.
+    lstm_layer: int | None = None
     # GPT-2's GELU (tanh approximation, same values as "gelu_new"), computed by PyTorch's fused kernel.
     hidden_act: str = "gelu_pytorch_tanh"
     hidden_dropout: float = 0.0
@@ -66,6 +69,7 @@ class MemoryTransformerConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         self.validate_sizes()
+        # The LSTM state lives in the last layer's cache entry wherever the LSTM runs in the stack.
         last = "hybrid" if self.use_lstm else "full_attention"
         self.layer_types = ["full_attention"] * (self.num_hidden_layers - 1) + [last]
         self.number_of_conv_states = 2
@@ -120,6 +124,12 @@ class MemoryTransformerConfig(PreTrainedConfig):
             )
         if self.rope_theta <= 0:
             raise ValueError(f"`rope_theta` must be positive, got {self.rope_theta!r}.")
+        layer = self.lstm_layer
+        if layer is not None and not 0 <= layer <= self.num_hidden_layers:  # its type is checked by @strict
+            raise ValueError(
+                f"`lstm_layer` is how many blocks run before the LSTM memory: an integer from 0 to "
+                f"num_hidden_layers ({self.num_hidden_layers}), got {layer!r}."
+            )
 
     def validate_architecture(self):
         """Part of the `@strict` validation: re-checked whenever the config is built or loaded."""

@@ -331,7 +331,18 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
 
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        for block in self.layers:
+        lstm_layer = config.num_hidden_layers if config.lstm_layer is None else config.lstm_layer
+        for index, block in enumerate(self.layers):
+            if index == lstm_layer and self.memory is not None:
+                hidden_states = self._remember(
+                    hidden_states,
+                    attention_mask,
+                    padding_mask,
+                    past_key_values,
+                    past_length,
+                    position_ids,
+                    given_positions,
+                )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             hidden_states, attn_weights = block(
@@ -346,30 +357,16 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
             if output_attentions:
                 all_attentions += (attn_weights,)
 
-        if self.memory is not None:
-            token_mask = padding_mask[:, -seq_len:].bool() if padding_mask is not None else None
-            if attention_mask is not None and attention_mask.dim() == 4:
-                token_mask = self._token_mask_from_4d(attention_mask, past_length, seq_len)
-            recurrent = self._recurrent_layer(past_key_values)
-            state = None
-            if recurrent is not None and recurrent.is_recurrent_states_initialized[0]:
-                # Stored batch-first, (B, L, H), so that beam search's reorder along dim 0 moves it.
-                # A copy, not a view: the cache is written in place below, and autograd needs the old state.
-                state = tuple(
-                    recurrent.recurrent_states[i].transpose(0, 1).clone(memory_format=torch.contiguous_format)
-                    for i in (0, 1)
-                )
-            resets = (
-                self._sequence_starts(position_ids, token_mask) if given_positions and seq_len > 1 else None
+        if lstm_layer >= len(self.layers) and self.memory is not None:
+            hidden_states = self._remember(
+                hidden_states,
+                attention_mask,
+                padding_mask,
+                past_key_values,
+                past_length,
+                position_ids,
+                given_positions,
             )
-            if resets is not None:
-                resets = resets.expand(hidden_states.shape[0], -1)
-            hidden_states, new_state = self.memory(
-                hidden_states, token_mask, state, resets, keep_state=recurrent is not None
-            )
-            if recurrent is not None:
-                recurrent.update_recurrent_state(new_state[0].transpose(0, 1), state_idx=0)
-                recurrent.update_recurrent_state(new_state[1].transpose(0, 1), state_idx=1)
 
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
@@ -381,6 +378,42 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
             attentions=all_attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    def _remember(
+        self,
+        hidden_states,
+        attention_mask,
+        padding_mask,
+        past_key_values,
+        past_length,
+        position_ids,
+        given_positions,
+    ) -> torch.Tensor:
+        """The LSTM memory over ``hidden_states``, its state read from and written back to the cache's
+        last layer (wherever in the stack ``config.lstm_layer`` puts it)."""
+        seq_len = hidden_states.shape[1]
+        token_mask = padding_mask[:, -seq_len:].bool() if padding_mask is not None else None
+        if attention_mask is not None and attention_mask.dim() == 4:
+            token_mask = self._token_mask_from_4d(attention_mask, past_length, seq_len)
+        recurrent = self._recurrent_layer(past_key_values)
+        state = None
+        if recurrent is not None and recurrent.is_recurrent_states_initialized[0]:
+            # Stored batch-first, (B, L, H), so that beam search's reorder along dim 0 moves it.
+            # A copy, not a view: the cache is written in place below, and autograd needs the old state.
+            state = tuple(
+                recurrent.recurrent_states[i].transpose(0, 1).clone(memory_format=torch.contiguous_format)
+                for i in (0, 1)
+            )
+        resets = self._sequence_starts(position_ids, token_mask) if given_positions and seq_len > 1 else None
+        if resets is not None:
+            resets = resets.expand(hidden_states.shape[0], -1)
+        hidden_states, new_state = self.memory(
+            hidden_states, token_mask, state, resets, keep_state=recurrent is not None
+        )
+        if recurrent is not None:
+            recurrent.update_recurrent_state(new_state[0].transpose(0, 1), state_idx=0)
+            recurrent.update_recurrent_state(new_state[1].transpose(0, 1), state_idx=1)
+        return hidden_states
 
     @staticmethod
     def _sequence_starts(position_ids, token_mask) -> torch.Tensor | None:

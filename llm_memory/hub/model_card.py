@@ -161,7 +161,14 @@ def build_model_card(info: ModelCardInfo) -> str:
         f"{config.get('max_position_embeddings')} tokens"
     )
     if config.get("use_lstm"):
-        architecture += f", followed by a {config.get('lstm_num_layers')}-layer LSTM memory"
+        lstm = f"a {config.get('lstm_num_layers')}-layer LSTM memory"
+        layer = config.get("lstm_layer")
+        if layer is None or layer == config.get("num_hidden_layers"):
+            architecture += f", followed by {lstm}"
+        elif layer == 0:
+            architecture += f", with {lstm} before the first block"
+        else:
+            architecture += f", with {lstm} after block {layer} of {config.get('num_hidden_layers')}"
     size = f" ({info.num_parameters / 1e6:.2f}M parameters)" if info.num_parameters else ""
 
     sections = [
