@@ -336,6 +336,9 @@ def test_command_line_overrides_the_preset(tmp_path):
         ["--preset", "tiny", "--config_overrides", "hidden_size=48,use_lstm=false", "--learning_rate", "0.5"]
     )
     assert args.model_config["hidden_size"] == 48 and args.model_config["use_lstm"] is False
+    assert (
+        parse_args(["--preset", "tiny", "--config_overrides", "lstm_layer=1"]).model_config["lstm_layer"] == 1
+    )
     assert args.training.learning_rate == 0.5
     assert args.model_config["num_hidden_layers"] == 2 and args.training.max_steps == 8  # from the preset
     assert args.training.metric_for_best_model == "loss" and args.training.output_dir == "runs/lm"
@@ -600,6 +603,11 @@ BAD_SETTINGS = {
     "heads not dividing hidden": (
         ["--config_overrides", "num_attention_heads=5"],
         "`num_attention_heads` (5) must divide",
+        True,
+    ),
+    "LSTM past the last block": (
+        ["--config_overrides", "lstm_layer=3"],
+        "`lstm_layer` is how many blocks run before the LSTM memory: an integer from 0 to num_hidden_layers (2)",
         True,
     ),
     "vocabulary too small": (["--config_overrides", "vocab_size=100"], "vocab_size 100 is too small", True),

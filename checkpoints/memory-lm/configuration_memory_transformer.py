@@ -45,7 +45,8 @@ class MemoryTransformerConfig(PreTrainedConfig):
     use_lstm: bool = True
     lstm_num_layers: int = 1
     # How many transformer blocks run before the LSTM memory; None: all of them (the LSTM reads the last
-    # block's output, as the embedded checkpoints do). Lower, the blocks after it attend over its outputs.
+    # block's output, as in the embedded checkpoints, whose configs predate the field). Lower, the blocks
+    # after it attend over its outputs.
     lstm_layer: int | None = None
     # GPT-2's GELU (tanh approximation, same values as "gelu_new"), computed by PyTorch's fused kernel.
     hidden_act: str = "gelu_pytorch_tanh"
@@ -69,6 +70,8 @@ class MemoryTransformerConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         self.validate_sizes()
+        if self.lstm_layer is None:
+            self.lstm_layer = self.num_hidden_layers
         # The LSTM state lives in the last layer's cache entry wherever the LSTM runs in the stack.
         last = "hybrid" if self.use_lstm else "full_attention"
         self.layer_types = ["full_attention"] * (self.num_hidden_layers - 1) + [last]
