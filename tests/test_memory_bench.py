@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from bench.memory_placement import grow, move
 from llm_memory import MemoryTransformerForCausalLM
 from llm_memory.memory.benchmark import main, parse_ranges
 from llm_memory.memory.evaluate import VARIANTS, run_probe, variant_settings, window_guess
@@ -297,3 +298,20 @@ def test_a_model_fine_tuned_again_keeps_the_stages_that_made_it(model_dir, tmp_p
 def test_several_tasks_with_one_json_file_are_refused(model_dir, capsys):
     assert main(["--model", str(model_dir), "--task", "kv,qa1", "--json", "x.json"]) == 2
     assert "with several tasks use --results_dir" in capsys.readouterr().err
+
+
+def test_placement_models_start_where_they_should(tiny_lm):
+    model = tiny_lm(seed=2)  # two blocks, the LSTM after both
+    ids = torch.randint(5, 90, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(ids).logits
+        grown = grow(model).eval()
+        assert grown.config.num_hidden_layers == 3 and grown.config.lstm_layer == 2
+        torch.testing.assert_close(grown(ids).logits, before)
+        moved = move(tiny_lm(seed=2), 1)
+        assert moved.config.lstm_layer == 1
+        moved.model.memory = None  # a zeroed output projection adds nothing: the same as no LSTM at all
+        no_lstm = moved(ids).logits
+        torch.testing.assert_close(move(tiny_lm(seed=2), 1)(ids).logits, no_lstm)
+    with pytest.raises(ValueError, match="lstm_layer"):
+        move(tiny_lm(seed=2), 3)
