@@ -13,6 +13,7 @@ Shapes: B batch, T new tokens, S keys (past + new), H hidden size, nh heads, hd 
 """
 
 import copy
+import functools
 import math
 from collections.abc import Callable
 
@@ -331,18 +332,22 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
 
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        lstm_layer = config.num_hidden_layers if config.lstm_layer is None else config.lstm_layer
+        # The LSTM runs after `lstm_layer` blocks (after all of them by default); -1: there is none.
+        lstm_layer = -1 if self.memory is None else config.lstm_layer
+        if lstm_layer is None or lstm_layer > len(self.layers):
+            lstm_layer = len(self.layers)
+        remember = functools.partial(
+            self._remember,
+            attention_mask=attention_mask,
+            padding_mask=padding_mask,
+            past_key_values=past_key_values,
+            past_length=past_length,
+            position_ids=position_ids,
+            given_positions=given_positions,
+        )
         for index, block in enumerate(self.layers):
-            if index == lstm_layer and self.memory is not None:
-                hidden_states = self._remember(
-                    hidden_states,
-                    attention_mask,
-                    padding_mask,
-                    past_key_values,
-                    past_length,
-                    position_ids,
-                    given_positions,
-                )
+            if index == lstm_layer:
+                hidden_states = remember(hidden_states)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             hidden_states, attn_weights = block(
@@ -356,17 +361,8 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
             )
             if output_attentions:
                 all_attentions += (attn_weights,)
-
-        if lstm_layer >= len(self.layers) and self.memory is not None:
-            hidden_states = self._remember(
-                hidden_states,
-                attention_mask,
-                padding_mask,
-                past_key_values,
-                past_length,
-                position_ids,
-                given_positions,
-            )
+        if lstm_layer == len(self.layers):
+            hidden_states = remember(hidden_states)
 
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
