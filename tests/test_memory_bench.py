@@ -1,12 +1,14 @@
 """Memory benchmark: a tiny end-to-end run, the answer scoring against a plain windowed pass, bad input."""
 
 import json
+import random
 import shlex
 import shutil
 
 import pytest
 import torch
 
+from bench.memory_binding import asked_person, busier, busier_training_stories
 from bench.memory_placement import grow, move
 from llm_memory import MemoryTransformerForCausalLM
 from llm_memory.memory.benchmark import main, parse_ranges
@@ -315,3 +317,31 @@ def test_placement_models_start_where_they_should(tiny_lm):
         torch.testing.assert_close(move(tiny_lm(seed=2), 1)(ids).logits, no_lstm)
     with pytest.raises(ValueError, match="lstm_layer"):
         move(tiny_lm(seed=2), 3)
+
+
+@pytest.mark.parametrize("task", ["qa1", "qa2"])
+def test_busier_stories_add_other_peoples_moves_for_training_only(task, tokenizer):
+    from llm_memory.memory import finetune, probes
+
+    plain, busy = (
+        probes.STORIES[task](random.Random(5)),
+        busier(probes.STORIES[task], (3, 3))(random.Random(5)),
+    )
+    person = asked_person(plain)
+    assert busy.question == plain.question and busy.target == plain.target and busy.earlier == plain.earlier
+    assert busy.others[: len(plain.others)] == plain.others and len(busy.others) == len(plain.others) + 3
+    assert all(not fact.before.startswith(person) for fact in busy.others)
+    with busier_training_stories((3, 3)):
+        trained = finetune.training_probes(
+            task, [(120, 120)], 1, 2, tokenizer, 64, 0
+        )  # as fine_tune calls it
+        assert probes.STORIES[task].__name__ == f"{task}_story"  # swapped only while training probes are made
+    standard = training_probes(task, [(120, 120)], 1, 2, tokenizer, 64, 0)
+    moves = [
+        sum(text.count(verb) for verb in probes.QA1_VERBS)
+        for text in map(tokenizer.decode, trained["input_ids"])
+    ]
+    assert moves > [
+        sum(text.count(verb) for verb in probes.QA1_VERBS)
+        for text in map(tokenizer.decode, standard["input_ids"])
+    ]
