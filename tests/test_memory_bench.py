@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 import shlex
 import shutil
 
@@ -332,16 +333,11 @@ def test_busier_stories_add_other_peoples_moves_for_training_only(task, tokenize
     assert busy.others[: len(plain.others)] == plain.others and len(busy.others) == len(plain.others) + 3
     assert all(not fact.before.startswith(person) for fact in busy.others)
     with busier_training_stories((3, 3)):
-        trained = finetune.training_probes(
-            task, [(120, 120)], 1, 2, tokenizer, 64, 0
-        )  # as fine_tune calls it
+        # Called through its module, as fine_tune calls it.
+        trained = finetune.training_probes(task, [(120, 120)], 1, 2, tokenizer, 64, 0)
         assert probes.STORIES[task].__name__ == f"{task}_story"  # swapped only while training probes are made
     standard = training_probes(task, [(120, 120)], 1, 2, tokenizer, 64, 0)
-    moves = [
-        sum(text.count(verb) for verb in probes.QA1_VERBS)
-        for text in map(tokenizer.decode, trained["input_ids"])
-    ]
-    assert moves > [
-        sum(text.count(verb) for verb in probes.QA1_VERBS)
-        for text in map(tokenizer.decode, standard["input_ids"])
-    ]
+    # The first probe of each is drawn from the same story (the same seed): 3 more moves in the busier one.
+    story_moves = re.compile(rf"\b(?:{'|'.join(probes.QA1_PEOPLE)}) (?:{'|'.join(probes.QA1_VERBS)}) the")
+    first_busy, first_plain = (tokenizer.decode(rows["input_ids"][0]) for rows in (trained, standard))
+    assert len(story_moves.findall(first_busy)) == len(story_moves.findall(first_plain)) + 3
