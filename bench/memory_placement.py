@@ -27,8 +27,8 @@ def move(model: MemoryTransformerForCausalLM, lstm_layer: int) -> MemoryTransfor
     """The model with its LSTM after ``lstm_layer`` blocks, adding nothing to the residual stream yet."""
     if model.model.memory is None:
         raise ValueError("The model has no LSTM memory to move; pick one saved with use_lstm=true.")
-    MemoryTransformerConfig(**{**settings_of(model.config), "lstm_layer": lstm_layer})  # checks the value
     model.config.lstm_layer = lstm_layer
+    model.config.validate_sizes()  # a ValueError naming the field for a layer past the last block
     with torch.no_grad():
         model.model.memory.out_proj.weight.zero_()
         model.model.memory.out_proj.bias.zero_()
